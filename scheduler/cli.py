@@ -1,0 +1,302 @@
+"""The ``martech`` command. Every option shows the environment variable behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+from rich.console import Console
+
+from jobs.base import Registry
+from scheduler.clock import SystemClock
+from scheduler.config.loader import LoadedConfig
+from scheduler.errors import ConfigError, MartechError, UnknownCampaign
+from scheduler.logs import setup_logging
+from scheduler.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console(soft_wrap=False)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+class State:
+    """Lazily built settings and registry, shared by subcommands."""
+
+    def __init__(self, overrides: dict[str, Any]) -> None:
+        self._overrides = {k: v for k, v in overrides.items() if v is not None}
+        self._settings: Settings | None = None
+        self._registry: Registry | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = Settings(**self._overrides)
+            except ValidationError as exc:
+                lines = [f"settings: MARTECH_{'_'.join(str(p) for p in e['loc']).upper()}: "
+                         f"{e['msg']}" for e in exc.errors()]
+                raise click.ClickException("\n".join(lines)) from None
+            setup_logging(self._settings)
+        return self._settings
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            from jobs.registry import build_registry
+
+            self._registry = build_registry()
+        return self._registry
+
+    def config(self) -> LoadedConfig:
+        from scheduler.service import load_and_validate
+
+        return load_and_validate(self.settings, self.registry)
+
+    def db(self) -> Any:
+        from scheduler.store.db import make_engine, upgrade
+
+        engine = make_engine(self.settings.database_url)
+        upgrade(engine)
+        return engine
+
+
+def friendly_errors(fn: F) -> F:
+    """Bad input exits non-zero with a clear message, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                err_console.print(str(problem), markup=False, highlight=False)
+            err_console.print(f"{len(exc.problems)} problem(s) found", markup=False)
+            sys.exit(1)
+        except MartechError as exc:
+            err_console.print(f"error: {exc}", markup=False, highlight=False)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"],
+                               "auto_envvar_prefix": "MARTECH"})
+@click.option("--config-dir", type=click.Path(path_type=Path), envvar="MARTECH_CONFIG_DIR",
+              show_envvar=True, help="Directory of campaign and check YAML files.")
+@click.option("--database-url", envvar="MARTECH_DATABASE_URL", show_envvar=True,
+              help="SQLAlchemy URL (default: sqlite:///var/martech.db).")
+@click.version_option(package_name="martech")
+@click.pass_context
+def main(ctx: click.Context, config_dir: Path | None, database_url: str | None) -> None:
+    """martech: marketing automation with IT health guards."""
+    ctx.obj = State({"config_dir": config_dir, "database_url": database_url})
+
+
+@main.command()
+@click.pass_obj
+@friendly_errors
+def run(state: State) -> None:
+    """Run the service until SIGINT/SIGTERM; SIGHUP or a file change reloads config."""
+    from scheduler.service import Service
+
+    config = state.config()
+    service = Service(state.settings, state.registry, console=console)
+    sys.exit(asyncio.run(service.run(config)))
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(path_type=Path))
+@click.pass_obj
+@friendly_errors
+def validate(state: State, directory: Path | None) -> None:
+    """Check every config file, template and audience; print each problem as file:line."""
+    if directory is not None:
+        state._overrides["config_dir"] = directory
+    config = state.config()
+    checks = len(config.checks.checks)
+    console.print(f"ok: {len(config.campaigns)} campaign(s), {checks} check(s) in "
+                  f"{state.settings.config_dir} — no problems", markup=False)
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("schemas"),
+              show_default=True, help="Directory to write the JSON Schemas into.")
+def schema(out: Path) -> None:
+    """Write JSON Schemas for campaign, checks and reports files (editor autocompletion)."""
+    from scheduler.config.schema import write_schemas
+
+    for path in write_schemas(out):
+        console.print(f"wrote {path}", markup=False)
+
+
+@main.command("settings")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def settings_cmd(state: State, as_json: bool) -> None:
+    """Print the effective settings; secrets are masked."""
+    values = state.settings.masked()
+    if as_json:
+        click.echo(json.dumps(values, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    table = Table("setting", "environment variable", "value", title="Effective settings",
+                  title_justify="left")
+    for name, value in values.items():
+        table.add_row(name, f"MARTECH_{name.upper()}", str(value))
+    console.print(table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+@friendly_errors
+def status(state: State, as_json: bool) -> None:
+    """Campaigns (next and last run, pause reasons) and checks (state, last result)."""
+    from scheduler.status import campaign_rows, campaigns_table, check_rows, checks_table
+
+    config = state.config()
+    db = state.db()
+    specs = state.registry.specs(config)
+    now = SystemClock().now()
+    next_times = {}
+    for key, spec in specs.items():
+        occ = spec.schedule.next_after(now)
+        next_times[key] = occ.at if occ else None
+    with db.begin() as conn:
+        rows = campaign_rows(conn, config, next_times)
+        if as_json:
+            click.echo(json.dumps({"campaigns": rows, "checks": check_rows(conn, config)},
+                                  indent=2, default=str))
+            return
+        console.print(campaigns_table(rows))
+        console.print(checks_table(conn, config))
+
+
+def _known(config: LoadedConfig, name: str) -> None:
+    if name not in config.campaigns:
+        raise UnknownCampaign(name)
+
+
+@main.command("run-job")
+@click.argument("name")
+@click.pass_obj
+@friendly_errors
+def run_job(state: State, name: str) -> None:
+    """Fire campaign NAME now, once, through the same claim path as the scheduler."""
+    from scheduler.context import ServiceContext
+    from scheduler.engine import Engine
+
+    config = state.config()
+    _known(config, name)
+
+    async def _go() -> int:
+        ctx = ServiceContext(state.settings, config, state.db())
+        engine = Engine(ctx, state.registry)
+        engine.specs = state.registry.specs(config)
+        run_id = await engine.run_now(name)
+        with ctx.begin() as conn:
+            from scheduler.store import runs as run_store
+
+            run = run_store.get(conn, run_id) if run_id else None
+        if run is None:
+            console.print("not claimed (another node owns this occurrence)", markup=False)
+            return 1
+        console.print(f"run {run.id} of {name}: {run.status}"
+                      + (f" — {run.detail}" if run.detail else ""), markup=False)
+        return 0 if run.status in ("done", "held") else 1
+
+    sys.exit(asyncio.run(_go()))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--reason", required=True, help="Why; shown in status and reports.")
+@click.pass_obj
+@friendly_errors
+def pause(state: State, name: str, reason: str) -> None:
+    """Pause campaign NAME (a running send stops within one batch)."""
+    from scheduler.store import pauses
+
+    config = state.config()
+    _known(config, name)
+    with state.db().begin() as conn:
+        added = pauses.add(conn, name, pauses.MANUAL, SystemClock().now(), detail=reason,
+                           by="cli")
+    console.print(f"{name}: paused ({reason})" if added else f"{name}: already paused manually",
+                  markup=False)
+
+
+@main.command()
+@click.argument("name")
+@click.pass_obj
+@friendly_errors
+def resume(state: State, name: str) -> None:
+    """Clear the manual pause of campaign NAME; other pause reasons stay."""
+    from scheduler.store import pauses
+
+    config = state.config()
+    _known(config, name)
+    with state.db().begin() as conn:
+        removed = pauses.remove(conn, name, pauses.MANUAL, SystemClock().now())
+        others = [p.reason for p in pauses.reasons(conn, name)]
+    msg = f"{name}: manual pause cleared" if removed else f"{name}: was not paused manually"
+    if others:
+        msg += f"; still paused by {', '.join(others)}"
+    console.print(msg, markup=False)
+
+
+@main.command()
+@click.option("--max-age-s", default=60.0, show_default=True,
+              help="A heartbeat older than this counts as dead.")
+@click.pass_obj
+def health(state: State, max_age_s: float) -> None:
+    """Exit 0 if this node's service heartbeat is fresh, 1 otherwise (container checks)."""
+    from scheduler.clock import utc
+    from scheduler.store import heartbeats
+
+    with state.db().begin() as conn:
+        rows = [r for r in heartbeats.latest(conn)
+                if r.node == state.settings.node_name and r.role == "service"]
+    if rows and SystemClock().now() - utc(rows[0].at) < timedelta(seconds=max_age_s):
+        console.print(f"healthy: last heartbeat {rows[0].at.isoformat()}", markup=False)
+        return
+    console.print("unhealthy: no recent heartbeat", markup=False)
+    sys.exit(1)
+
+
+@main.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(state: State) -> None:
+    """Apply migrations up to the latest."""
+    from scheduler.settings import mask_url
+    from scheduler.store.db import current_revision, make_engine, upgrade
+
+    engine = make_engine(state.settings.database_url)
+    upgrade(engine)
+    console.print(f"{mask_url(state.settings.database_url)}: at revision "
+                  f"{current_revision(engine)}", markup=False)
+
+
+def _register_extensions() -> None:
+    from jobs.registry import build_registry
+
+    for registrar in build_registry().cli:
+        registrar(main)
+
+
+_register_extensions()

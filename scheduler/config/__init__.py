@@ -1,0 +1,1 @@
+"""Config files: models (what a file may say) and loading (from YAML, with line numbers)."""

@@ -1,0 +1,207 @@
+"""Read ``config/``: campaigns, checks and reports, every problem collected, none fatal alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from scheduler.config.campaigns import Campaign, ReportCampaign
+from scheduler.config.checks import ChecksFile
+from scheduler.config.yaml_lines import PathKey, YamlDocument, load_yaml
+from scheduler.errors import ConfigError, Problem
+
+_CAMPAIGN = TypeAdapter(Campaign)
+_KINDS = ("newsletter", "post_reminder", "report")
+
+
+@dataclass(frozen=True)
+class Source:
+    file: str
+    line: int | None
+
+
+@dataclass
+class LoadedConfig:
+    """A validated configuration: what should happen (DESIGN invariant 1)."""
+
+    config_dir: Path
+    campaigns: dict[str, Any] = field(default_factory=dict)  # name -> Campaign model
+    checks: ChecksFile = field(default_factory=ChecksFile)
+    sources: dict[str, Source] = field(default_factory=dict)
+    files: dict[Path, float] = field(default_factory=dict)  # path -> mtime, for reload
+
+    def campaign(self, name: str) -> Any:
+        return self.campaigns[name]
+
+    def path(self, relative: str) -> Path:
+        """A path a config file mentions, relative to the config directory."""
+        candidate = Path(relative)
+        return candidate if candidate.is_absolute() else self.config_dir / candidate
+
+
+def _friendly(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see `martech schema`)"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "union_tag_invalid":
+        return f"kind must be one of {', '.join(_KINDS)}"
+    if kind == "union_tag_not_found":
+        return f"kind is missing; expected one of {', '.join(_KINDS)}"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def validation_problems(doc: YamlDocument, exc: ValidationError, base: PathKey) -> list[Problem]:
+    problems = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        # Discriminated unions put the tag first; drop it, and nested union member names.
+        loc = [p for p in loc if not (isinstance(p, str) and p in (*_KINDS, "Selector"))]
+        loc = [p for p in loc if not (isinstance(p, str) and p.startswith("literal["))]
+        path: PathKey = (*base, *loc)
+        problems.append(doc.problem(path, _friendly(error)))
+    return problems
+
+
+def _campaign_entries(doc: YamlDocument) -> list[tuple[PathKey, Any]] | Problem:
+    data = doc.data
+    if isinstance(data, dict) and "campaigns" in data and "kind" not in data:
+        data = data["campaigns"]
+        base: PathKey = ("campaigns",)
+        if not isinstance(data, list):
+            return doc.problem(base, "expected a list of campaigns")
+        return [((*base, i), item) for i, item in enumerate(data)]
+    if isinstance(data, list):
+        return [((i,), item) for i, item in enumerate(data)]
+    if isinstance(data, dict):
+        return [((), data)]
+    return doc.problem((), "expected a campaign (a mapping with name and kind) or a list of them")
+
+
+def load_config(config_dir: Path) -> LoadedConfig:
+    """Load and validate everything under ``config_dir``.
+
+    :raises ConfigError: listing every problem found, each as ``file:line: field: message``.
+    """
+    config_dir = Path(config_dir)
+    problems: list[Problem] = []
+    loaded = LoadedConfig(config_dir=config_dir)
+    if not config_dir.is_dir():
+        raise ConfigError([Problem(str(config_dir), None, "", "config directory not found")])
+
+    campaign_files = sorted((config_dir / "campaigns").glob("*.y*ml"))
+    for path in campaign_files:
+        loaded.files[path] = path.stat().st_mtime
+        doc, file_problems = load_yaml(path)
+        problems += file_problems
+        if doc is None or doc.data is None:
+            continue
+        entries = _campaign_entries(doc)
+        if isinstance(entries, Problem):
+            problems.append(entries)
+            continue
+        for base, item in entries:
+            _add_campaign(loaded, doc, base, item, problems)
+
+    reports_path = config_dir / "reports.yaml"
+    if reports_path.exists():
+        loaded.files[reports_path] = reports_path.stat().st_mtime
+        doc, file_problems = load_yaml(reports_path)
+        problems += file_problems
+        if doc is not None and doc.data is not None:
+            reports = doc.data.get("reports") if isinstance(doc.data, dict) else None
+            if not isinstance(reports, list):
+                problems.append(doc.problem(("reports",), "expected a list of reports"))
+            else:
+                for index, item in enumerate(reports):
+                    if isinstance(item, dict):
+                        item = {"kind": "report", **item}
+                    _add_campaign(loaded, doc, ("reports", index), item, problems)
+
+    checks_path = config_dir / "checks.yaml"
+    checks_doc: YamlDocument | None = None
+    if checks_path.exists():
+        loaded.files[checks_path] = checks_path.stat().st_mtime
+        checks_doc, file_problems = load_yaml(checks_path)
+        problems += file_problems
+        if checks_doc is not None:
+            try:
+                loaded.checks = ChecksFile.model_validate(checks_doc.data or {})
+            except ValidationError as exc:
+                problems += validation_problems(checks_doc, exc, ())
+
+    problems += _cross_references(loaded, checks_doc)
+    if problems:
+        raise ConfigError(problems)
+    return loaded
+
+
+def _add_campaign(
+    loaded: LoadedConfig, doc: YamlDocument, base: PathKey, item: Any, problems: list[Problem]
+) -> None:
+    try:
+        campaign = _CAMPAIGN.validate_python(item)
+    except ValidationError as exc:
+        problems.extend(validation_problems(doc, exc, base))
+        return
+    line = doc.line_of((*base, "name"))
+    if campaign.name in loaded.campaigns:
+        first = loaded.sources[campaign.name]
+        problems.append(Problem(doc.file, line, "name",
+                                f"duplicate campaign name {campaign.name!r} "
+                                f"(first defined at {first.file}:{first.line})"))
+        return
+    loaded.campaigns[campaign.name] = campaign
+    loaded.sources[campaign.name] = Source(doc.file, line)
+
+
+def _cross_references(loaded: LoadedConfig, checks_doc: YamlDocument | None) -> list[Problem]:
+    """Names mentioned in one place must exist in another."""
+    problems: list[Problem] = []
+    check_names = set(loaded.checks.checks)
+    for name, campaign in loaded.campaigns.items():
+        src = loaded.sources[name]
+        for required in campaign.requires:
+            if required not in check_names:
+                problems.append(Problem(src.file, src.line, "requires",
+                                        f"campaign {name!r} requires unknown check {required!r}"
+                                        f" (known: {', '.join(sorted(check_names)) or 'none'})"))
+        if isinstance(campaign, ReportCampaign):
+            for other in campaign.campaigns:
+                if other not in loaded.campaigns:
+                    problems.append(Problem(src.file, src.line, "campaigns",
+                                            f"report {name!r} names unknown campaign {other!r}"))
+    if checks_doc is not None:
+        for index, guard in enumerate(loaded.checks.guards):
+            if guard.check not in check_names:
+                problems.append(checks_doc.problem(("guards", index, "check"),
+                                                   f"unknown check {guard.check!r}"))
+            selector = guard.selector()
+            for target in selector.names:
+                if target not in loaded.campaigns:
+                    problems.append(checks_doc.problem(("guards", index, "pauses", "names"),
+                                                       f"unknown campaign {target!r}"))
+        for index, window in enumerate(loaded.checks.maintenance):
+            for target in window.selector().names:
+                if target not in loaded.campaigns:
+                    problems.append(checks_doc.problem(("maintenance", index, "pauses", "names"),
+                                                       f"unknown campaign {target!r}"))
+    return problems
+
+
+def config_fingerprint(config_dir: Path) -> dict[Path, float]:
+    """mtimes of every config file, to notice edits without an inotify dependency."""
+    files: dict[Path, float] = {}
+    for pattern in ("campaigns/*.y*ml", "checks.yaml", "reports.yaml", "audiences/*",
+                    "content/*"):
+        for path in config_dir.glob(pattern):
+            try:
+                files[path] = path.stat().st_mtime
+            except OSError:
+                continue
+    return files

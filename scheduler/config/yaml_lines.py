@@ -1,0 +1,126 @@
+"""Load YAML and remember the line of every key, so errors can say ``file:line``."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scheduler.errors import Problem
+
+PathKey = tuple[str | int, ...]
+
+
+
+class YamlLoader(yaml.SafeLoader):
+    """SafeLoader where only true/false are booleans: ``on:``, ``no``, ``yes`` stay strings.
+
+    YAML 1.1 turns ``on: [down]`` into ``True: [down]`` and the country code ``NO`` into
+    False — surprises a hand-written config must not have.
+    """
+
+
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class YamlDocument:
+    """A parsed YAML file: its data plus a map from key paths to 1-based line numbers."""
+
+    def __init__(self, file: str, data: Any, lines: dict[PathKey, int]) -> None:
+        self.file = file
+        self.data = data
+        self.lines = lines
+
+    def line_of(self, path: PathKey) -> int | None:
+        """The line of the deepest known prefix of ``path``."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(tuple(path[:end]))
+            if line is not None:
+                return line
+        return None
+
+    def problem(self, path: PathKey, message: str) -> Problem:
+        return Problem(self.file, self.line_of(path), ".".join(str(p) for p in path), message)
+
+
+def _record_lines(node: yaml.Node, path: PathKey, lines: dict[PathKey, int]) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+            child = (*path, key)
+            lines[child] = key_node.start_mark.line + 1
+            _record_lines(value_node, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            child = (*path, index)
+            lines[child] = item.start_mark.line + 1
+            _record_lines(item, child, lines)
+
+
+def load_yaml(path: Path, display: str | None = None) -> tuple[YamlDocument | None, list[Problem]]:
+    """Parse ``path``; on failure return the problems (syntax errors carry their line)."""
+    name = display or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [Problem(name, None, "", f"cannot read file: {exc}")]
+    try:
+        node = yaml.compose(text, Loader=YamlLoader)
+        data = yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        reason = exc.problem or str(exc)
+        return None, [Problem(name, line, "", f"YAML syntax error: {reason}")]
+    except yaml.YAMLError as exc:
+        return None, [Problem(name, None, "", f"YAML syntax error: {exc}")]
+    lines: dict[PathKey, int] = {}
+    if node is not None:
+        _record_lines(node, (), lines)
+    doc = YamlDocument(name, data, lines)
+    data, problems = _substitute_env(doc, data, ())
+    doc.data = data
+    return doc, problems
+
+
+def _substitute_env(doc: YamlDocument, value: Any, path: PathKey) -> tuple[Any, list[Problem]]:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in strings: secrets stay out of files."""
+    problems: list[Problem] = []
+    if isinstance(value, str) and "${" in value:
+        def repl(match: re.Match[str]) -> str:
+            var, default = match.group(1), match.group(2)
+            if var in os.environ:
+                return os.environ[var]
+            if default is not None:
+                return default
+            problems.append(doc.problem(path, f"environment variable {var} is not set"))
+            return ""
+
+        return _ENV_REF.sub(repl, value), problems
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            out[key], sub = _substitute_env(doc, item, (*path, key))
+            problems += sub
+        return out, problems
+    if isinstance(value, list):
+        items = []
+        for index, item in enumerate(value):
+            new, sub = _substitute_env(doc, item, (*path, index))
+            items.append(new)
+            problems += sub
+        return items, problems
+    return value, problems

@@ -1,0 +1,361 @@
+"""The scheduling engine: APScheduler wakes the process, the database decides.
+
+Every wake-up becomes a claim: occurrences between a schedule's cursor and now are inserted as
+run rows (unique on occurrence and on local slot) and the cursor moves on, in one transaction.
+Whoever's insert wins executes the run. Missed occurrences within ``misfire_grace`` run once
+(the latest; the others are recorded as ``coalesced``); older ones are recorded as ``missed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from jobs.base import Registry, RunResult, ScheduleSpec
+from scheduler.clock import utc
+from scheduler.context import ServiceContext
+from scheduler.schedules import Occurrence
+from scheduler.store import heartbeats, pauses
+from scheduler.store import runs as run_store
+from scheduler.store.runs import Claim, RunRow
+from scheduler.triggers import ScheduleTrigger
+
+log = logging.getLogger("martech.engine")
+
+HELD_POLL_S = 2.0
+ON_TIME_TOLERANCE = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    run_id: int
+    spec: ScheduleSpec
+    scheduled_at: datetime
+
+
+def plan_claims(spec: ScheduleSpec, cursor: datetime | None, now: datetime
+                ) -> tuple[list[Claim], datetime | None]:
+    """Pure: which run rows a wake-up at ``now`` should insert for ``spec``, and the new cursor.
+
+    A schedule with no cursor starts now (no backfill from the beginning of time).
+    """
+    if cursor is None:
+        # Count an occurrence that is due exactly now (first wake-up of a new schedule).
+        cursor = now - timedelta(seconds=1)
+    due: list[Occurrence] = list(spec.schedule.between(cursor, now))
+    if not due:
+        return [], None
+    # Policy "skip" still runs an on-time wake-up; only "run_once" reaches back to the grace.
+    grace = spec.misfire_grace if spec.missed == "run_once" else min(spec.misfire_grace,
+                                                                       ON_TIME_TOLERANCE)
+    in_grace = [occ for occ in due if now - occ.at <= grace]
+    runnable = in_grace[-1] if in_grace else None
+    claims: list[Claim] = []
+    for occ in due:
+        if occ is runnable:
+            status, detail = "pending", None
+        elif now - occ.at > grace:
+            status, detail = "missed", f"missed by {now - occ.at} (grace {grace})"
+        else:
+            status, detail = "coalesced", "coalesced into a later occurrence after downtime"
+        claims.append(Claim(spec.key, spec.campaign, spec.kind, occ.at, occ.slot, status,
+                            detail=detail))
+    return claims, due[-1].at
+
+
+class Engine:
+    def __init__(self, ctx: ServiceContext, registry: Registry) -> None:
+        self.ctx = ctx
+        self.registry = registry
+        self.specs: dict[str, ScheduleSpec] = {}
+        self._scheduler: AsyncIOScheduler | None = None
+        self._due: set[str] = set()
+        self._wake = asyncio.Event()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self.claimed_log: list[tuple[str, datetime, datetime]] = []  # (key, due, claimed) bench
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.specs = self.registry.specs(self.ctx.config)
+        self._scheduler = AsyncIOScheduler(timezone="UTC")
+        for spec in self.specs.values():
+            self._add_job(spec)
+        self._scheduler.start()
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="claim-loop"),
+            asyncio.create_task(self._held_loop(), name="held-loop"),
+        ]
+        # Catch up everything missed while we were down, then resume interrupted runs.
+        self._due.update(self.specs)
+        self._wake.set()
+        for run_id in await self.ctx.in_thread(self._interrupted_runs):
+            self._spawn(run_id, None)
+
+    async def stop(self, timeout_s: float) -> None:
+        """Stop taking new work; give in-flight runs ``timeout_s`` to checkpoint."""
+        self.ctx.stopping.set()
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        for task in self._loops:
+            task.cancel()
+        pending = [t for t in self._tasks.values() if not t.done()]
+        if pending:
+            log.info("waiting for %d running job(s) to checkpoint", len(pending),
+                     extra={"action": "shutdown"})
+            _done, still = await asyncio.wait(pending, timeout=timeout_s)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=1.0)
+        await asyncio.gather(*self._loops, return_exceptions=True)
+
+    def reload(self) -> None:
+        """Swap schedules to match ``ctx.config``; cursors in the database are untouched."""
+        new_specs = self.registry.specs(self.ctx.config)
+        assert self._scheduler is not None
+        for key in set(self.specs) - set(new_specs):
+            self._scheduler.remove_job(key)
+        for key, spec in new_specs.items():
+            if self.specs.get(key) != spec:
+                if key in self.specs:
+                    self._scheduler.remove_job(key)
+                self._add_job(spec)
+        self.specs = new_specs
+        # Catch-up is cursor-based, so re-adding jobs never drops an occurrence (#696).
+        self._due.update(new_specs)
+        self._wake.set()
+
+    def _add_job(self, spec: ScheduleSpec) -> None:
+        assert self._scheduler is not None
+        self._scheduler.add_job(
+            self._on_wake, ScheduleTrigger(spec.schedule), args=[spec.key], id=spec.key,
+            name=spec.key, misfire_grace_time=None, coalesce=True, max_instances=1000,
+            replace_existing=True,
+        )
+
+    def next_fire_times(self) -> dict[str, datetime | None]:
+        now = self.ctx.clock.now()
+        out: dict[str, datetime | None] = {}
+        for key, spec in self.specs.items():
+            occ = spec.schedule.next_after(now)
+            out[key] = occ.at if occ else None
+        return out
+
+    # -- waking and claiming ---------------------------------------------------------------
+
+    async def _on_wake(self, key: str) -> None:
+        self._due.add(key)
+        self._wake.set()
+
+    async def _claim_loop(self) -> None:
+        while not self.ctx.stopping.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(0)  # let wake-ups due in the same tick join this batch
+            keys, self._due = self._due, set()
+            specs = [self.specs[k] for k in keys if k in self.specs]
+            if not specs:
+                continue
+            try:
+                claimed = await self.ctx.in_thread(self.claim_due, specs)
+            except Exception:
+                # The loop survives its dependencies: a database outage is logged and retried.
+                log.exception("claiming due runs failed; retrying", extra={"action": "claim"})
+                self._due.update(keys)
+                await asyncio.sleep(1.0)
+                self._wake.set()
+                continue
+            for run in claimed:
+                self._spawn(run.run_id, run.spec)
+
+    def claim_due(self, specs: Iterable[ScheduleSpec]) -> list[ClaimedRun]:
+        """One transaction: insert due run rows, advance cursors. Returns runs we now own."""
+        specs = list(specs)
+        now = self.ctx.clock.now()
+        claims: list[Claim] = []
+        moves: dict[str, tuple[str, datetime]] = {}
+        with self.ctx.begin() as conn:
+            cursors = run_store.cursors(conn, [s.key for s in specs])
+            for spec in specs:
+                cursor = cursors.get(spec.key)
+                spec_claims, new_cursor = plan_claims(spec, cursor, now)
+                claims += spec_claims
+                if new_cursor is not None:
+                    moves[spec.key] = (spec.campaign, new_cursor)
+                elif spec.key not in cursors:
+                    moves[spec.key] = (spec.campaign, now)
+            won = run_store.claim(conn, claims, self.ctx.node, now)
+            run_store.advance_cursors(conn, moves, now)
+        by_key = {s.key: s for s in specs}
+        out = []
+        for claim in claims:
+            run_id = won.get((claim.schedule_key, claim.scheduled_at))
+            if run_id is None:
+                continue
+            if claim.status == "pending":
+                out.append(ClaimedRun(run_id, by_key[claim.schedule_key], claim.scheduled_at))
+                self.claimed_log.append((claim.schedule_key, claim.scheduled_at, now))
+            elif claim.status == "missed":
+                log.warning("run missed", extra={"action": "missed", "job": claim.campaign,
+                                                 "run_id": run_id, "detail": claim.detail})
+        return out
+
+    # -- executing -------------------------------------------------------------------------
+
+    def _spawn(self, run_id: int, spec: ScheduleSpec | None) -> None:
+        if run_id in self._tasks and not self._tasks[run_id].done():
+            return
+        task = asyncio.create_task(self.execute(run_id), name=f"run-{run_id}")
+        self._tasks[run_id] = task
+        task.add_done_callback(lambda _t, rid=run_id: self._tasks.pop(rid, None))
+
+    async def execute(self, run_id: int) -> RunResult | None:
+        """Run one owned run: honour pauses, call the job kind, record the outcome."""
+        run = await self.ctx.in_thread(self._load_run, run_id)
+        if run is None:
+            return None
+        campaign = self.ctx.config.campaigns.get(run.campaign)
+        job = self.registry.kinds.get(run.kind)
+        extra: dict[str, Any] = {"job": run.campaign, "run_id": run.id}
+        if campaign is None or job is None:
+            await self.ctx.in_thread(self._finish, run.id, RunResult(
+                "skipped", "campaign no longer in the configuration"))
+            log.warning("run skipped: campaign removed", extra={**extra, "action": "skip"})
+            return None
+        spec = self.specs.get(run.schedule_key)
+        held = await self.ctx.in_thread(self._hold_if_paused, run, spec)
+        if held:
+            return None
+        log.info("run started", extra={**extra, "action": "run_start", "kind": run.kind})
+        try:
+            result = await job.execute(self.ctx, campaign, run)
+        except asyncio.CancelledError:
+            log.warning("run interrupted by shutdown", extra={**extra, "action": "interrupt"})
+            raise
+        except Exception as exc:
+            log.exception("run failed", extra={**extra, "action": "run_failed"})
+            result = RunResult("failed", f"{type(exc).__name__}: {exc}")
+        await self.ctx.in_thread(self._finish, run.id, result)
+        log.info("run %s", result.status, extra={**extra, "action": "run_end",
+                                                  "status": result.status, **result.stats})
+        return result
+
+    def _load_run(self, run_id: int) -> RunRow | None:
+        with self.ctx.begin() as conn:
+            return run_store.get(conn, run_id)
+
+    def _hold_if_paused(self, run: RunRow, spec: ScheduleSpec | None) -> bool:
+        """A run due while its campaign is paused is held, or skipped per policy."""
+        now = self.ctx.clock.now()
+        with self.ctx.begin() as conn:
+            reasons = pauses.reasons(conn, run.campaign)
+            if not reasons:
+                run_store.set_status(conn, run.id, "running", now)
+                return False
+            why = ", ".join(p.reason for p in reasons)
+            policy = spec.on_pause if spec else "hold"
+            if run.status == "held":
+                return True
+            if policy == "skip":
+                run_store.set_status(conn, run.id, "skipped", now, detail=f"paused: {why}")
+            else:
+                run_store.set_status(conn, run.id, "held", now, detail=f"held: paused ({why})")
+            log.info("run held" if policy == "hold" else "run skipped",
+                     extra={"action": "hold", "job": run.campaign, "run_id": run.id,
+                            "reasons": why})
+            return True
+
+    def _finish(self, run_id: int, result: RunResult) -> None:
+        now = self.ctx.clock.now()
+        status = result.status
+        if status == "interrupted":
+            return  # stays running; resumed on the next start
+        with self.ctx.begin() as conn:
+            run_store.set_status(conn, run_id, status, now, detail=result.detail,
+                                 stats=result.stats or None)
+
+    async def _held_loop(self) -> None:
+        """Release held runs whose campaign is no longer paused; skip those past max delay."""
+        while not self.ctx.stopping.is_set():
+            try:
+                ready = await self.ctx.in_thread(self._release_held_sync)
+                for run_id in ready:
+                    self._spawn(run_id, None)
+                await self.ctx.in_thread(self._heartbeat_sync)
+            except Exception:
+                log.exception("held-run check failed", extra={"action": "held"})
+            try:
+                await asyncio.wait_for(self.ctx.stopping.wait(), HELD_POLL_S)
+            except TimeoutError:
+                pass
+
+    def _release_held_sync(self) -> list[int]:
+        now = self.ctx.clock.now()
+        ready: list[int] = []
+        with self.ctx.begin() as conn:
+            for run in run_store.by_status(conn, ["held"]):
+                if pauses.is_paused(conn, run.campaign):
+                    continue
+                spec = self.specs.get(run.schedule_key)
+                max_delay = spec.max_delay if spec else timedelta(days=1)
+                if run.trigger == "schedule" and now - utc(run.scheduled_at) > max_delay:
+                    run_store.set_status(conn, run.id, "skipped", now,
+                                         detail=f"skipped: held past max delay {max_delay}")
+                    log.info("held run skipped", extra={"action": "skip", "job": run.campaign,
+                                                        "run_id": run.id})
+                    continue
+                run_store.set_status(conn, run.id, "pending", now,
+                                     detail=f"released after hold ({run.detail or ''})")
+                ready.append(run.id)
+        return ready
+
+    def _interrupted_runs(self) -> list[int]:
+        """Runs left pending/running by a crash of this node (or of a node now dead)."""
+        with self.ctx.begin() as conn:
+            stale = run_store.by_status(conn, ["pending", "running"])
+        out = []
+        for run in stale:
+            if run.node not in (None, self.ctx.node) and not self._node_dead(run.node):
+                continue
+            log.info("resuming interrupted run", extra={"action": "resume", "job": run.campaign,
+                                                        "run_id": run.id})
+            out.append(run.id)
+        return out
+
+    def _node_dead(self, node: str) -> bool:
+        limit = timedelta(seconds=self.ctx.settings.heartbeat_interval_s * 4)
+        with self.ctx.begin() as conn:
+            for row in heartbeats.latest(conn):
+                if row.node == node and self.ctx.clock.now() - utc(row.at) < limit:
+                    return False
+        return True
+
+    def _heartbeat_sync(self) -> None:
+        with self.ctx.begin() as conn:
+            heartbeats.beat(conn, self.ctx.node, "service", self.ctx.clock.now(),
+                            info=f"{len(self.specs)} schedules")
+
+    async def run_now(self, campaign: str) -> int | None:
+        """``martech run-job``: claim a manual occurrence through the same claim path."""
+        now = self.ctx.clock.now()
+        kind = self.ctx.config.campaigns[campaign].kind
+        claim = Claim(f"{campaign}#manual", campaign, kind, now,
+                      f"manual:{now.isoformat()}", trigger="manual")
+
+        def _claim() -> int | None:
+            with self.ctx.begin() as conn:
+                won = run_store.claim(conn, [claim], self.ctx.node, now)
+            return won.get((claim.schedule_key, claim.scheduled_at))
+
+        run_id = await self.ctx.in_thread(_claim)
+        if run_id is not None:
+            await self.execute(run_id)
+        return run_id

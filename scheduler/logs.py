@@ -1,0 +1,101 @@
+"""Logging: readable lines by default, JSON lines with ``MARTECH_LOG_FORMAT=json``.
+
+Every line about a job carries ``job`` and ``run_id`` (passed as ``extra``). A redaction filter
+replaces known secret values wherever they appear, as a last line of defence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from scheduler.settings import LogFormat, Settings
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        payload.update(_extras(record))
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        extras = _extras(record)
+        context = " ".join(f"{k}={v}" for k, v in extras.items() if v is not None)
+        line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if context:
+            line += f"  [{context}]"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class RedactSecrets(logging.Filter):
+    """Replace secret values in messages and extras with ``********``."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s and len(s) >= 4]
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self.secrets:
+                value = value.replace(secret, "********")
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        record.msg = self._clean(record.getMessage())
+        record.args = None
+        for key, value in _extras(record).items():
+            setattr(record, key, self._clean(value))
+        return True
+
+
+def secret_values(settings: Settings) -> list[str]:
+    values = [settings.secret_key.get_secret_value()]
+    if settings.smtp_password is not None:
+        values.append(settings.smtp_password.get_secret_value())
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(settings.database_url).password
+    except Exception:
+        password = None
+    if password:
+        values.append(str(password))
+    return values
+
+
+def setup_logging(settings: Settings, stream: Any = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if settings.log_format == LogFormat.json
+                         else TextFormatter())
+    handler.addFilter(RedactSecrets(secret_values(settings)))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    for noisy in ("apscheduler", "aiosmtplib", "mail.log", "alembic", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

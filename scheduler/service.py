@@ -1,0 +1,137 @@
+"""``martech run``: the long-running service — start, reload on SIGHUP or file change, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from rich.console import Console
+
+from jobs.base import Registry
+from scheduler.clock import Clock, SystemClock
+from scheduler.config.loader import LoadedConfig, config_fingerprint, load_config
+from scheduler.context import ServiceContext
+from scheduler.engine import Engine
+from scheduler.errors import ConfigError
+from scheduler.settings import Settings
+from scheduler.status import checks_table, schedule_table
+from scheduler.store.db import make_engine, upgrade
+
+log = logging.getLogger("martech.service")
+
+
+def load_and_validate(settings: Settings, registry: Registry) -> LoadedConfig:
+    """Schema, cross-references and per-kind checks (templates, audiences).
+
+    :raises ConfigError: with every problem found.
+    """
+    config = load_config(settings.config_dir)
+    problems = registry.validate(config, settings)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+class Service:
+    def __init__(self, settings: Settings, registry: Registry, *, clock: Clock | None = None,
+                 console: Console | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.clock = clock or SystemClock()
+        self.console = console or Console()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self.ctx: ServiceContext | None = None
+        self.engine: Engine | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    async def run(self, config: LoadedConfig) -> int:
+        db = make_engine(self.settings.database_url)
+        await asyncio.to_thread(upgrade, db)
+        self.ctx = ctx = ServiceContext(self.settings, config, db, self.clock)
+        self.engine = engine = Engine(ctx, self.registry)
+        self._install_signals()
+        await engine.start()
+        self.console.print(schedule_table(engine))
+        with ctx.begin() as conn:
+            self.console.print(checks_table(conn, config))
+        log.info("martech running", extra={"action": "start", "node": ctx.node,
+                                           "schedules": len(engine.specs)})
+        components = [asyncio.create_task(self._supervise(name, comp), name=name)
+                      for name, comp in self.registry.components.items()]
+        watcher = asyncio.create_task(self._watch_config(), name="config-watch")
+        await self._stop.wait()
+        log.info("stopping: finishing or checkpointing in-flight work",
+                 extra={"action": "stop"})
+        watcher.cancel()
+        await engine.stop(self.settings.shutdown_timeout_s)
+        for task in components:
+            task.cancel()
+        await asyncio.gather(watcher, *components, return_exceptions=True)
+        db.dispose()
+        log.info("stopped", extra={"action": "stopped"})
+        return 0
+
+    async def _supervise(self, name: str, component: Any) -> None:
+        """Keep a background component (guard, outbox) alive across its own failures."""
+        assert self.ctx is not None
+        backoff_s = 1.0
+        while not self.ctx.stopping.is_set():
+            try:
+                await component(self.ctx)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("component %s crashed; restarting in %.0fs", name, backoff_s,
+                              extra={"action": "component_crash", "component": name})
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 60.0)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            pass
+
+    async def _watch_config(self) -> None:
+        assert self.ctx is not None
+        seen = config_fingerprint(self.settings.config_dir)
+        while True:
+            try:
+                await asyncio.wait_for(self._reload.wait(), self.settings.reload_poll_s)
+                self._reload.clear()
+                reason = "SIGHUP"
+            except TimeoutError:
+                current = config_fingerprint(self.settings.config_dir)
+                if current == seen:
+                    continue
+                reason = "config files changed"
+            seen = config_fingerprint(self.settings.config_dir)
+            self.reload(reason)
+
+    def reload(self, reason: str) -> bool:
+        """Load the new config; keep the old one running if it is invalid."""
+        assert self.ctx is not None and self.engine is not None
+        try:
+            config = load_and_validate(self.settings, self.registry)
+        except ConfigError as exc:
+            log.error("config reload rejected (%s); the previous config keeps running:\n%s",
+                      reason, exc, extra={"action": "reload_rejected",
+                                          "problems": len(exc.problems)})
+            return False
+        self.ctx.config = config
+        self.engine.reload()
+        log.info("config reloaded (%s)", reason, extra={"action": "reload",
+                                                       "schedules": len(self.engine.specs)})
+        return True

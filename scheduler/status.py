@@ -1,0 +1,131 @@
+"""What ``martech status`` and the start-up banner show: campaigns, schedules, checks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from rich.table import Table
+
+from scheduler.config.loader import LoadedConfig
+from scheduler.store import pauses
+from scheduler.store import runs as run_store
+from scheduler.store.tables import check_results, check_state
+
+if TYPE_CHECKING:
+    from scheduler.engine import Engine
+
+
+def fmt_time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
+
+
+def schedule_table(engine: Engine) -> Table:
+    table = Table(title="Schedule", title_justify="left")
+    for column in ("job", "kind", "when", "next fire"):
+        table.add_column(column)
+    next_times = engine.next_fire_times()
+    for key in sorted(engine.specs, key=lambda k: (next_times[k] is None, next_times[k], k)):
+        spec = engine.specs[key]
+        table.add_row(key, spec.kind, spec.schedule.describe(), fmt_time(next_times[key]))
+    if not engine.specs:
+        table.add_row("(no scheduled jobs)", "", "", "")
+    return table
+
+
+def check_rows(conn: sa.Connection, config: LoadedConfig) -> list[dict[str, Any]]:
+    states = {row.check_name: row for row in conn.execute(sa.select(check_state))}
+    guarded: dict[str, list[str]] = {}
+    all_pauses = pauses.all_reasons(conn)
+    for campaign, reasons in all_pauses.items():
+        for p in reasons:
+            if p.reason.startswith("guard:"):
+                guarded.setdefault(p.reason.removeprefix("guard:"), []).append(campaign)
+    out = []
+    for name, check in config.checks.checks.items():
+        state = states.get(name)
+        last = conn.execute(
+            sa.select(check_results.c.outcome, check_results.c.detail, check_results.c.at)
+            .where(check_results.c.check_name == name)
+            .order_by(check_results.c.at.desc()).limit(1)
+        ).first()
+        out.append({
+            "check": name,
+            "type": check.probe_kind,
+            "verdict": state.verdict if state else "pending",
+            "since": state.since.isoformat() if state else None,
+            "last_result": (f"{last.outcome}: {last.detail or ''}".strip() if last else None),
+            "last_at": last.at.isoformat() if last else None,
+            "paused_campaigns": sorted(guarded.get(name, [])),
+        })
+    return out
+
+
+def checks_table(conn: sa.Connection, config: LoadedConfig) -> Table:
+    table = Table(title="Health checks", title_justify="left")
+    for column in ("check", "type", "state", "since", "last result", "holds paused"):
+        table.add_column(column)
+    for row in check_rows(conn, config):
+        table.add_row(row["check"], row["type"], row["verdict"], row["since"] or "—",
+                      row["last_result"] or "—", ", ".join(row["paused_campaigns"]) or "—")
+    if not config.checks.checks:
+        table.add_row("(no checks configured)", "", "", "", "", "")
+    return table
+
+
+def campaign_rows(conn: sa.Connection, config: LoadedConfig,
+                  next_times: dict[str, datetime | None]) -> list[dict[str, Any]]:
+    latest = run_store.latest_per_campaign(conn)
+    missed = run_store.missed_counts(conn)
+    all_pauses = pauses.all_reasons(conn)
+    held = {}
+    for run in run_store.by_status(conn, ["held"]):
+        held[run.campaign] = held.get(run.campaign, 0) + 1
+    out = []
+    for name, campaign in sorted(config.campaigns.items()):
+        last = latest.get(name)
+        keys = [k for k in next_times if k == name or k.startswith(name + "/")]
+        upcoming = sorted(t for k in keys if (t := next_times[k]) is not None)
+        out.append({
+            "campaign": name,
+            "kind": campaign.kind,
+            "enabled": campaign.enabled,
+            "schedule": _describe_schedule(campaign),
+            "next_run": upcoming[0].isoformat() if upcoming else None,
+            "last_run": last.scheduled_at.isoformat() if last else None,
+            "last_outcome": (last.status + (f" ({last.detail})" if last.detail else ""))
+            if last else None,
+            "missed": missed.get(name, 0),
+            "held": held.get(name, 0),
+            "paused": [{"reason": p.reason, "detail": p.detail, "since": p.since.isoformat()}
+                       for p in all_pauses.get(name, [])],
+        })
+    return out
+
+
+def _describe_schedule(campaign: Any) -> str:
+    schedule = getattr(campaign, "schedule", None)
+    if schedule is not None:
+        return str(schedule.to_schedule().describe())
+    if campaign.kind == "post_reminder":
+        return f"posts ({campaign.timezone})"
+    return "—"
+
+
+def campaigns_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Campaigns", title_justify="left")
+    for column in ("campaign", "kind", "schedule", "next run", "last run", "outcome",
+                   "paused because"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        paused = ", ".join(p["reason"] for p in row["paused"]) or "—"
+        if row["held"]:
+            paused += f" ({row['held']} run(s) held)"
+        outcome = row["last_outcome"] or "—"
+        if row["missed"]:
+            outcome += f"; {row['missed']} missed"
+        table.add_row(row["campaign"] + ("" if row["enabled"] else " (disabled)"), row["kind"],
+                      row["schedule"], row["next_run"] or "—", row["last_run"] or "—",
+                      outcome, paused)
+    return table

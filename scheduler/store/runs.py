@@ -1,0 +1,175 @@
+"""Runs (one row per scheduled occurrence) and per-schedule cursors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from scheduler.store.dialect import insert_for
+from scheduler.store.tables import runs, schedule_cursors
+
+ACTIVE = ("pending", "running", "held")
+FINISHED = ("done", "failed", "missed", "skipped", "coalesced")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An occurrence to insert; whoever's insert succeeds owns the run."""
+
+    schedule_key: str
+    campaign: str
+    kind: str
+    scheduled_at: datetime
+    local_slot: str
+    status: str = "pending"
+    trigger: str = "schedule"
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    schedule_key: str
+    campaign: str
+    kind: str
+    scheduled_at: datetime
+    local_slot: str
+    trigger: str
+    status: str
+    node: str | None
+    claimed_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    detail: str | None
+    stats: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> RunRow:
+        return cls(**{key: row._mapping[key] for key in cls.__dataclass_fields__})
+
+
+def claim(conn: sa.Connection, claims: Sequence[Claim], node: str, now: datetime
+          ) -> dict[tuple[str, datetime], int]:
+    """Insert run rows; return ``{(schedule_key, scheduled_at): run_id}`` for those we won.
+
+    A conflict on either unique constraint (occurrence or local slot) is a silent no-op:
+    another node, or an earlier catch-up, owns that occurrence (DESIGN invariant 2).
+    """
+    if not claims:
+        return {}
+    won: dict[tuple[str, datetime], int] = {}
+    rows = [
+        {
+            "schedule_key": c.schedule_key, "campaign": c.campaign, "kind": c.kind,
+            "scheduled_at": c.scheduled_at, "local_slot": c.local_slot, "status": c.status,
+            "trigger": c.trigger, "node": node, "claimed_at": now, "detail": c.detail,
+        }
+        for c in claims
+    ]
+    stmt = (
+        insert_for(conn, runs)
+        .on_conflict_do_nothing()
+        .returning(runs.c.id, runs.c.schedule_key, runs.c.scheduled_at)
+    )
+    # Chunked: SQLite caps bound parameters per statement.
+    for start in range(0, len(rows), 500):
+        result = conn.execute(stmt.values(rows[start:start + 500]))
+        for row in result:
+            won[(row.schedule_key, _utc(row.scheduled_at))] = row.id
+    return won
+
+
+def _utc(value: datetime) -> datetime:
+    from scheduler.clock import utc
+
+    return utc(value)
+
+
+def cursors(conn: sa.Connection, keys: Iterable[str] | None = None) -> dict[str, datetime]:
+    stmt = sa.select(schedule_cursors.c.schedule_key, schedule_cursors.c.last_at)
+    if keys is not None:
+        stmt = stmt.where(schedule_cursors.c.schedule_key.in_(list(keys)))
+    return {row.schedule_key: row.last_at for row in conn.execute(stmt)}
+
+
+def advance_cursors(conn: sa.Connection, moves: dict[str, tuple[str, datetime]],
+                    now: datetime) -> None:
+    """Set each schedule's cursor to at least the given time (never backwards)."""
+    if not moves:
+        return
+    table = schedule_cursors
+    rows = [{"schedule_key": key, "campaign": campaign, "last_at": at, "updated_at": now}
+            for key, (campaign, at) in moves.items()]
+    base = insert_for(conn, table)
+    stmt = base.on_conflict_do_update(
+        index_elements=[table.c.schedule_key],
+        set_={
+            "last_at": sa.case(
+                (base.excluded.last_at > table.c.last_at, base.excluded.last_at),
+                else_=table.c.last_at,
+            ),
+            "updated_at": base.excluded.updated_at,
+        },
+    )
+    for start in range(0, len(rows), 500):
+        conn.execute(stmt.values(rows[start:start + 500]))
+
+
+def get(conn: sa.Connection, run_id: int) -> RunRow | None:
+    row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
+    return RunRow.from_row(row) if row else None
+
+
+def set_status(conn: sa.Connection, run_id: int, status: str, now: datetime, *,
+               detail: str | None = None, stats: dict[str, Any] | None = None) -> None:
+    values: dict[str, Any] = {"status": status}
+    if status == "running":
+        values["started_at"] = now
+    if status in FINISHED:
+        values["finished_at"] = now
+    if detail is not None:
+        values["detail"] = detail
+    if stats is not None:
+        values["stats"] = stats
+    conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
+
+
+def by_status(conn: sa.Connection, statuses: Sequence[str], campaign: str | None = None
+              ) -> list[RunRow]:
+    stmt = sa.select(runs).where(runs.c.status.in_(statuses)).order_by(runs.c.scheduled_at)
+    if campaign is not None:
+        stmt = stmt.where(runs.c.campaign == campaign)
+    return [RunRow.from_row(r) for r in conn.execute(stmt)]
+
+
+def latest_per_campaign(conn: sa.Connection) -> dict[str, RunRow]:
+    """The most recent run of each campaign (by scheduled time)."""
+    latest = (
+        sa.select(runs.c.campaign, sa.func.max(runs.c.id).label("id"))
+        .where(runs.c.status.notin_(("missed", "coalesced")))
+        .group_by(runs.c.campaign)
+        .subquery()
+    )
+    stmt = sa.select(runs).join(latest, runs.c.id == latest.c.id)
+    return {row.campaign: RunRow.from_row(row) for row in conn.execute(stmt)}
+
+
+def missed_counts(conn: sa.Connection) -> dict[str, int]:
+    stmt = (
+        sa.select(runs.c.campaign, sa.func.count())
+        .where(runs.c.status == "missed")
+        .group_by(runs.c.campaign)
+    )
+    return {row[0]: row[1] for row in conn.execute(stmt)}
+
+
+def for_campaign(conn: sa.Connection, campaign: str, limit: int = 50) -> list[RunRow]:
+    stmt = (
+        sa.select(runs).where(runs.c.campaign == campaign)
+        .order_by(runs.c.scheduled_at.desc()).limit(limit)
+    )
+    return [RunRow.from_row(r) for r in conn.execute(stmt)]

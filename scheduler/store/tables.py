@@ -1,0 +1,188 @@
+"""Every table. Uniqueness constraints carry the invariants (DESIGN 2, 3, 4)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from scheduler.store.types import UtcDateTime
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Per schedule, the last occurrence already considered: catch-up starts after it
+# (APScheduler issue #696 drops missed runs when jobs are re-added; we never rely on that).
+schedule_cursors = sa.Table(
+    "schedule_cursors",
+    metadata,
+    sa.Column("schedule_key", sa.String(300), primary_key=True),
+    sa.Column("campaign", sa.String(200), nullable=False),
+    sa.Column("last_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# One row per scheduled occurrence. Whoever inserts it owns it.
+# status: pending | running | done | failed | missed | skipped | held | coalesced
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("schedule_key", sa.String(300), nullable=False),
+    sa.Column("campaign", sa.String(200), nullable=False, index=True),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("scheduled_at", UtcDateTime(), nullable=False),
+    sa.Column("local_slot", sa.String(40), nullable=False),
+    sa.Column("trigger", sa.String(20), nullable=False, server_default="schedule"),
+    sa.Column("status", sa.String(20), nullable=False, index=True),
+    sa.Column("node", sa.String(200)),
+    sa.Column("claimed_at", UtcDateTime(), nullable=False),
+    sa.Column("started_at", UtcDateTime()),
+    sa.Column("finished_at", UtcDateTime()),
+    sa.Column("detail", sa.Text),
+    sa.Column("stats", sa.JSON),
+    sa.UniqueConstraint("schedule_key", "scheduled_at"),
+    sa.UniqueConstraint("schedule_key", "local_slot"),
+)
+
+# One row per recipient of a run, materialised before anything is sent.
+# status: pending | sending | sent | failed | bounced | unknown | skipped
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("recipient", sa.String(400), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UtcDateTime()),
+    sa.Column("last_error", sa.Text),
+    sa.Column("last_code", sa.Integer),
+    sa.Column("message_id", sa.String(300)),
+    sa.Column("claimed_by", sa.String(200)),
+    sa.Column("claimed_at", UtcDateTime()),
+    sa.Column("sent_at", UtcDateTime()),
+    sa.Column("variables", sa.JSON),
+    sa.UniqueConstraint("run_id", "recipient"),
+    sa.Index("ix_deliveries_run_status", "run_id", "status"),
+)
+
+# A campaign sends only while it has no row here. reason: manual | guard:<check> |
+# maintenance:<window> | error_budget | smtp_unreachable
+pauses = sa.Table(
+    "pauses",
+    metadata,
+    sa.Column("campaign", sa.String(200), primary_key=True),
+    sa.Column("reason", sa.String(300), primary_key=True),
+    sa.Column("detail", sa.Text),
+    sa.Column("since", UtcDateTime(), nullable=False),
+    sa.Column("by", sa.String(200)),
+)
+
+# Raw evidence, kept apart from the verdict (DESIGN invariant 5).
+check_results = sa.Table(
+    "check_results",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("check_name", sa.String(200), nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("outcome", sa.String(20), nullable=False),  # ok | fail | unknown
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("detail", sa.Text),
+    sa.Column("node", sa.String(200)),
+    sa.Index("ix_check_results_check_at", "check_name", "at"),
+)
+
+# The guard's verdict per check, with the counters hysteresis needs; survives restarts.
+check_state = sa.Table(
+    "check_state",
+    metadata,
+    sa.Column("check_name", sa.String(200), primary_key=True),
+    sa.Column("verdict", sa.String(20), nullable=False),  # pending | up | down | unknown
+    sa.Column("since", UtcDateTime(), nullable=False),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("consecutive_successes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("recent", sa.String(200), nullable=False, server_default=""),  # e.g. "ooxox"
+    sa.Column("last_result_at", UtcDateTime()),
+    sa.Column("last_detail", sa.Text),
+    sa.Column("last_alert_at", UtcDateTime()),
+)
+
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("email", sa.String(400), primary_key=True),  # lower-cased
+    sa.Column("reason", sa.String(40), nullable=False),  # unsubscribed | hard_bounce | manual
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("campaign", sa.String(200)),
+    sa.Column("detail", sa.Text),
+)
+
+# kind: sent | delivered | bounced | opened | clicked | unsubscribed | paused | resumed | held
+#       | skipped | missed | posted | link_broken | alert
+tracking_events = sa.Table(
+    "tracking_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("campaign", sa.String(200)),
+    sa.Column("run_id", sa.Integer),
+    sa.Column("delivery_id", sa.Integer),
+    sa.Column("recipient", sa.String(400)),
+    sa.Column("url", sa.Text),
+    sa.Column("detail", sa.Text),
+    sa.Index("ix_tracking_events_campaign_at", "campaign", "at"),
+)
+
+node_heartbeats = sa.Table(
+    "node_heartbeats",
+    metadata,
+    sa.Column("node", sa.String(200), primary_key=True),
+    sa.Column("role", sa.String(40), primary_key=True),  # service | guard | sender
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("pid", sa.Integer),
+    sa.Column("info", sa.Text),
+)
+
+# Token buckets that survive a restart (rate limits per campaign / transport).
+rate_buckets = sa.Table(
+    "rate_buckets",
+    metadata,
+    sa.Column("key", sa.String(300), primary_key=True),
+    sa.Column("tokens", sa.Float, nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# Alerts and notifications are an outbox: written first, sent after, retried until sent.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("topic", sa.String(60), nullable=False),  # alert | reminder | report
+    sa.Column("channel", sa.String(20), nullable=False),  # email | webhook
+    sa.Column("target", sa.Text, nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # pending | sent | failed
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UtcDateTime()),
+    sa.Column("last_error", sa.Text),
+    sa.Column("sent_at", UtcDateTime()),
+    sa.Column("dedupe_key", sa.String(400), unique=True),
+)
+
+# Social posts marked as done by a person.
+posts_done = sa.Table(
+    "posts_done",
+    metadata,
+    sa.Column("campaign", sa.String(200), primary_key=True),
+    sa.Column("post_id", sa.String(300), primary_key=True),
+    sa.Column("done_at", UtcDateTime(), nullable=False),
+    sa.Column("by", sa.String(200)),
+)

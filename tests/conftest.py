@@ -1,0 +1,91 @@
+"""Shared fixtures: databases (SQLite always, PostgreSQL when configured), contexts, clocks."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from scheduler.store.db import make_engine, upgrade
+
+PG_URL = os.environ.get("MARTECH_TEST_DATABASE_URL")
+REPO = Path(__file__).resolve().parent.parent
+
+DB_PARAMS = [
+    "sqlite",
+    pytest.param(
+        "postgresql",
+        marks=pytest.mark.skipif(
+            not PG_URL, reason="MARTECH_TEST_DATABASE_URL is not set; PostgreSQL tests skipped"
+        ),
+    ),
+]
+
+
+def _fresh_postgres_url() -> str:
+    """A private schema-less database per test would be slow; a fresh schema via search_path."""
+    assert PG_URL
+    return PG_URL
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/martech.db"
+
+
+def _pg_engine() -> tuple[Engine, str]:
+    """A fresh PostgreSQL schema per test, so tests never see each other's rows."""
+    assert PG_URL
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:  # fails loudly when the server is unreachable
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    admin.dispose()
+    url = sa.engine.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    return make_engine(url.render_as_string(hide_password=False)), schema
+
+
+def _drop_pg_schema(schema: str) -> None:
+    assert PG_URL
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=DB_PARAMS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated database URL: SQLite file, and PostgreSQL when configured."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/martech.db"
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+        return
+    engine, schema = _pg_engine()
+    upgrade(engine)
+    url = engine.url.render_as_string(hide_password=False)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        _drop_pg_schema(schema)
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def t0() -> datetime:
+    return datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
