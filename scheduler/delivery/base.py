@@ -1,0 +1,41 @@
+"""The transport contract every end of the pipeline fulfils."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A finished RFC 5322 message and its envelope."""
+
+    envelope_from: str  # bare address
+    recipients: tuple[str, ...]  # bare addresses
+    data: bytes  # the whole message, CRLF line endings
+    message_id: str  # without angle brackets
+    campaign: str | None = None
+    run_id: int | None = None
+    delivery_id: int | None = None
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What happened to one message. ``permanent`` failures are not retried."""
+
+    ok: bool
+    code: int | None = None
+    error: str | None = None
+    permanent: bool = False
+    hard_bounce: bool = False  # 5.1.x: the address does not exist → suppression list
+
+
+class Transport(Protocol):
+    name: str
+
+    async def send(self, message: OutgoingMessage) -> SendOutcome:
+        """Send one message; never raises for a per-message failure."""
+        ...
+
+    async def close(self) -> None:
+        ...
