@@ -9,6 +9,7 @@ Whoever's insert wins executes the run. Missed occurrences within ``misfire_grac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -213,9 +214,16 @@ class Engine:
     def _spawn(self, run_id: int, spec: ScheduleSpec | None) -> None:
         if run_id in self._tasks and not self._tasks[run_id].done():
             return
-        task = asyncio.create_task(self.execute(run_id), name=f"run-{run_id}")
+        task = asyncio.create_task(self._execute_quietly(run_id), name=f"run-{run_id}")
         self._tasks[run_id] = task
-        task.add_done_callback(lambda _t, rid=run_id: self._tasks.pop(rid, None))
+
+        def _forget(_task: asyncio.Task[None]) -> None:
+            self._tasks.pop(run_id, None)
+
+        task.add_done_callback(_forget)
+
+    async def _execute_quietly(self, run_id: int) -> None:
+        await self.execute(run_id)
 
     async def execute(self, run_id: int) -> RunResult | None:
         """Run one owned run: honour pauses, call the job kind, record the outcome."""
@@ -292,10 +300,8 @@ class Engine:
                 await self.ctx.in_thread(self._heartbeat_sync)
             except Exception:
                 log.exception("held-run check failed", extra={"action": "held"})
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ctx.stopping.wait(), HELD_POLL_S)
-            except TimeoutError:
-                pass
 
     def _release_held_sync(self) -> list[int]:
         now = self.ctx.clock.now()

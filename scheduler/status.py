@@ -79,7 +79,7 @@ def campaign_rows(conn: sa.Connection, config: LoadedConfig,
     latest = run_store.latest_per_campaign(conn)
     missed = run_store.missed_counts(conn)
     all_pauses = pauses.all_reasons(conn)
-    held = {}
+    held: dict[str, int] = {}
     for run in run_store.by_status(conn, ["held"]):
         held[run.campaign] = held.get(run.campaign, 0) + 1
     out = []

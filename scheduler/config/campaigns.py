@@ -160,15 +160,17 @@ class PostReminderCampaign(CampaignBase):
         return self
 
 
+ReportFormat = Literal["html", "csv", "json"]
+REPORT_FORMATS: tuple[ReportFormat, ...] = ("html", "csv", "json")
+
+
 class ReportCampaign(CampaignBase):
     """A tracking report, written to var/reports and optionally e-mailed."""
 
     kind: Literal["report"]
     schedule: ScheduleConfig
     period: Duration = Field(default=timedelta(days=7))
-    formats: list[Literal["html", "csv", "json"]] = Field(
-        default_factory=lambda: ["html", "csv", "json"]
-    )
+    formats: list[ReportFormat] = Field(default_factory=lambda: list(REPORT_FORMATS))
     campaigns: list[str] = Field(default_factory=list, description="empty means all")
     email: list[str] = Field(default_factory=list)
     from_: str = Field(default="martech <martech@localhost>", alias="from")

@@ -162,10 +162,12 @@ class MaintenanceWindow(StrictModel):
         return Selector(all=True) if self.pauses == "all" else self.pauses
 
 
+AlertEvent = Literal["down", "up", "unknown", "maintenance"]
+ALERT_EVENTS: tuple[AlertEvent, ...] = ("down", "up", "unknown", "maintenance")
+
+
 class AlertRoute(NotifyTarget):
-    on: list[Literal["down", "up", "unknown", "maintenance"]] = Field(
-        default_factory=lambda: ["down", "up", "unknown", "maintenance"]
-    )
+    on: list[AlertEvent] = Field(default_factory=lambda: list(ALERT_EVENTS))
 
 
 class ChecksFile(StrictModel):

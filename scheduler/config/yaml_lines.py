@@ -79,7 +79,7 @@ def load_yaml(path: Path, display: str | None = None) -> tuple[YamlDocument | No
         return None, [Problem(name, None, "", f"cannot read file: {exc}")]
     try:
         node = yaml.compose(text, Loader=YamlLoader)
-        data = yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=YamlLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
