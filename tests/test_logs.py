@@ -1,0 +1,75 @@
+"""Structured logging: JSON lines carry job context; secrets never appear."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+from pydantic import SecretStr
+
+from scheduler.logs import setup_logging
+from scheduler.settings import LogFormat, Settings
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _settings(**kw: object) -> Settings:
+    return Settings(_env_file=None, **kw)  # type: ignore[call-arg]
+
+
+def test_json_lines_carry_job_and_run_id(restore_logging: None) -> None:
+    stream = io.StringIO()
+    setup_logging(_settings(log_format=LogFormat.json), stream)
+    logging.getLogger("martech.test").info(
+        "batch sent", extra={"action": "send_batch", "job": "weekly-digest", "run_id": 7})
+    record = json.loads(stream.getvalue().strip())
+    assert record["msg"] == "batch sent"
+    assert record["job"] == "weekly-digest"
+    assert record["run_id"] == 7
+    assert record["level"] == "info"
+
+
+def test_text_lines_are_readable(restore_logging: None) -> None:
+    stream = io.StringIO()
+    setup_logging(_settings(), stream)
+    logging.getLogger("martech.test").warning("run missed", extra={"job": "x", "run_id": 3})
+    line = stream.getvalue()
+    assert "WARNING" in line and "run missed" in line and "job=x" in line and "run_id=3" in line
+
+
+def test_secrets_are_redacted_everywhere(restore_logging: None) -> None:
+    stream = io.StringIO()
+    settings = _settings(
+        log_format=LogFormat.json,
+        smtp_password=SecretStr("hunter2-relay-pass"),
+        secret_key=SecretStr("k3y-for-hmac-links"),
+        database_url="postgresql+psycopg://app:db-pa55word@127.0.0.1/x",
+    )
+    setup_logging(settings, stream)
+    log = logging.getLogger("martech.test")
+    log.error("login failed with %s", "hunter2-relay-pass", extra={"detail": "k3y-for-hmac-links"})
+    log.info("connecting to postgresql+psycopg://app:db-pa55word@127.0.0.1/x")
+    out = stream.getvalue()
+    for secret in ("hunter2-relay-pass", "k3y-for-hmac-links", "db-pa55word"):
+        assert secret not in out
+    assert out.count("********") >= 3
+
+
+def test_settings_masked_hides_every_secret() -> None:
+    settings = _settings(smtp_password=SecretStr("p4ss-word"),
+                         database_url="postgresql+psycopg://u:pw-in-url@127.0.0.1/db")
+    masked = settings.masked()
+    text = json.dumps(masked, default=str)
+    assert "p4ss-word" not in text and "pw-in-url" not in text
+    assert masked["smtp_password"] == "********"
+    assert masked["database_url"] == "postgresql+psycopg://u:********@127.0.0.1/db"
