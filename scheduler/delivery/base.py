@@ -28,6 +28,9 @@ class SendOutcome:
     error: str | None = None
     permanent: bool = False
     hard_bounce: bool = False  # 5.1.x: the address does not exist → suppression list
+    # The transport could not reach its relay at all (connect/greeting failed): the sender
+    # pauses the campaign (smtp_unreachable) instead of burning through the list.
+    unreachable: bool = False
 
 
 class Transport(Protocol):

@@ -1,0 +1,150 @@
+"""SMTP through aiosmtplib: a pool of persistent connections, a timeout on every step.
+
+Errors are classified for the ledger: 4xx replies and dropped connections are transient (retried
+with backoff), 5xx replies are permanent, and 5.1.x (bad mailbox) is a hard bounce that puts the
+address on the suppression list. A failure to connect at all is flagged ``unreachable`` so the
+sender can pause the campaign instead of failing every recipient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from scheduler.delivery.base import OutgoingMessage, SendOutcome
+from scheduler.settings import Settings, SmtpSecurity
+
+_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+@dataclass(frozen=True)
+class SmtpOptions:
+    host: str
+    port: int
+    security: SmtpSecurity = SmtpSecurity.none
+    user: str | None = None
+    password: str | None = None
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    validate_certs: bool = True
+    helo_name: str | None = None
+
+    def __repr__(self) -> str:  # never print the password
+        return f"SmtpOptions(host={self.host!r}, port={self.port}, security={self.security})"
+
+
+def classify(code: int | None, text: str) -> SendOutcome:
+    """An SMTP error reply as an outcome: 5xx permanent, 5.1.x a hard bounce, else transient."""
+    permanent = code is not None and 500 <= code < 600
+    enhanced = _ENHANCED.search(text or "")
+    hard = permanent and enhanced is not None and enhanced.group(1) == "5" \
+        and enhanced.group(2) == "1"
+    return SendOutcome(ok=False, code=code, error=f"{code} {text}".strip()[:500],
+                       permanent=permanent, hard_bounce=hard)
+
+
+class SmtpTransport:
+    name = "smtp"
+
+    def __init__(self, options: SmtpOptions, *, connections: int = 1) -> None:
+        self.options = options
+        self.size = max(1, connections)
+        self._idle: asyncio.Queue[aiosmtplib.SMTP] | None = None
+        self._all: list[aiosmtplib.SMTP] = []
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, connections: int = 1) -> SmtpTransport:
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        return cls(SmtpOptions(
+            host=settings.smtp_host, port=settings.smtp_port, security=settings.smtp_security,
+            user=settings.smtp_user, password=password, timeout_s=settings.smtp_timeout_s,
+            connect_timeout_s=settings.smtp_connect_timeout_s,
+            validate_certs=settings.smtp_validate_certs, helo_name=settings.smtp_helo_name,
+        ), connections=connections)
+
+    def _pool(self) -> asyncio.Queue[aiosmtplib.SMTP]:
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+            for _ in range(self.size):
+                client = self._client()
+                self._all.append(client)
+                self._idle.put_nowait(client)
+        return self._idle
+
+    def _client(self) -> aiosmtplib.SMTP:
+        opts = self.options
+        return aiosmtplib.SMTP(
+            hostname=opts.host, port=opts.port, timeout=opts.timeout_s,
+            use_tls=opts.security == SmtpSecurity.tls,
+            start_tls=opts.security == SmtpSecurity.starttls,
+            validate_certs=opts.validate_certs, local_hostname=opts.helo_name,
+        )
+
+    async def _ensure_connected(self, client: aiosmtplib.SMTP) -> SendOutcome | None:
+        if client.is_connected:
+            return None
+        opts = self.options
+        try:
+            await asyncio.wait_for(client.connect(timeout=opts.connect_timeout_s),
+                                   opts.connect_timeout_s * 2)
+            if opts.user and opts.password is not None:
+                await client.login(opts.user, opts.password, timeout=opts.timeout_s)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            client.close()
+            return SendOutcome(ok=False, code=exc.code, error=f"authentication failed: "
+                               f"{exc.code}", unreachable=True)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            return SendOutcome(ok=False, error=f"cannot connect to {opts.host}:{opts.port}: "
+                               f"{type(exc).__name__}: {exc}"[:500], unreachable=True)
+        return None
+
+    async def send(self, message: OutgoingMessage) -> SendOutcome:
+        pool = self._pool()
+        client = await pool.get()
+        try:
+            failed = await self._ensure_connected(client)
+            if failed is not None:
+                return failed
+            return await self._send_on(client, message)
+        finally:
+            pool.put_nowait(client)
+
+    async def _send_on(self, client: aiosmtplib.SMTP, message: OutgoingMessage) -> SendOutcome:
+        opts = self.options
+        try:
+            # aiosmtplib applies the timeout to each command; the outer guard bounds the whole
+            # transaction (MAIL, RCPT, DATA) in case a server trickles bytes forever.
+            await asyncio.wait_for(
+                client.sendmail(message.envelope_from, list(message.recipients), message.data,
+                                timeout=opts.timeout_s),
+                opts.timeout_s * 4)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            first = exc.recipients[0] if exc.recipients else None
+            return classify(first.code if first else None, first.message if first else "")
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, TimeoutError,
+                ConnectionError, OSError) as exc:
+            client.close()  # a half-finished transaction: start the next one on a fresh link
+            return SendOutcome(ok=False, error=f"connection lost: {type(exc).__name__}: "
+                               f"{exc}"[:500])
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == 421 or not client.is_connected:
+                client.close()
+            return classify(exc.code, exc.message)
+        except aiosmtplib.SMTPException as exc:
+            client.close()
+            return SendOutcome(ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
+        return SendOutcome(ok=True, code=250)
+
+    async def close(self) -> None:
+        for client in self._all:
+            if client.is_connected:
+                try:
+                    await asyncio.wait_for(client.quit(), self.options.timeout_s)
+                except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                    client.close()
+        self._all.clear()
+        self._idle = None
