@@ -1,4 +1,4 @@
-"""Placeholder: filled in by its issue."""
+"""Social-post reminders (issue 5): registered kind, outbox component and CLI."""
 
 from __future__ import annotations
 
@@ -6,4 +6,6 @@ from jobs.base import Registry
 
 
 def register(registry: Registry) -> None:
-    del registry
+    from scheduler.outbox import run_outbox
+
+    registry.components["outbox"] = run_outbox
