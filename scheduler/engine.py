@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from jobs.base import Registry, RunResult, ScheduleSpec
@@ -25,6 +27,7 @@ from scheduler.schedules import Occurrence
 from scheduler.store import heartbeats, pauses
 from scheduler.store import runs as run_store
 from scheduler.store.runs import Claim, RunRow
+from scheduler.store.tables import runs as run_table
 from scheduler.triggers import ScheduleTrigger
 
 log = logging.getLogger("martech.engine")
@@ -89,6 +92,9 @@ class Engine:
         self._scheduler = AsyncIOScheduler(timezone="UTC")
         for spec in self.specs.values():
             self._add_job(spec)
+        # Interrupted runs are listed before the claim loop starts, so a run claimed (and
+        # perhaps finished) by this start-up's own catch-up is never mistaken for one.
+        interrupted = await self.ctx.in_thread(self._interrupted_runs)
         self._scheduler.start()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="claim-loop"),
@@ -97,7 +103,7 @@ class Engine:
         # Catch up everything missed while we were down, then resume interrupted runs.
         self._due.update(self.specs)
         self._wake.set()
-        for run_id in await self.ctx.in_thread(self._interrupted_runs):
+        for run_id in interrupted:
             self._spawn(run_id, None)
 
     async def stop(self, timeout_s: float) -> None:
@@ -123,16 +129,21 @@ class Engine:
         new_specs = self.registry.specs(self.ctx.config)
         assert self._scheduler is not None
         for key in set(self.specs) - set(new_specs):
-            self._scheduler.remove_job(key)
+            self._remove_job(key)
         for key, spec in new_specs.items():
             if self.specs.get(key) != spec:
-                if key in self.specs:
-                    self._scheduler.remove_job(key)
+                self._remove_job(key)
                 self._add_job(spec)
         self.specs = new_specs
         # Catch-up is cursor-based, so re-adding jobs never drops an occurrence (#696).
         self._due.update(new_specs)
         self._wake.set()
+
+    def _remove_job(self, key: str) -> None:
+        assert self._scheduler is not None
+        # APScheduler drops a job by itself once its trigger is exhausted (one-offs).
+        with contextlib.suppress(JobLookupError):
+            self._scheduler.remove_job(key)
 
     def _add_job(self, spec: ScheduleSpec) -> None:
         assert self._scheduler is not None
@@ -264,13 +275,16 @@ class Engine:
         """A run due while its campaign is paused is held, or skipped per policy."""
         now = self.ctx.clock.now()
         with self.ctx.begin() as conn:
+            current = run_store.get(conn, run.id)
+            if current is None or current.status not in ("pending", "running", "held"):
+                return True  # finished meanwhile (e.g. resumed and done twice): never re-run
             reasons = pauses.reasons(conn, run.campaign)
             if not reasons:
                 run_store.set_status(conn, run.id, "running", now)
                 return False
             why = ", ".join(p.reason for p in reasons)
             policy = spec.on_pause if spec else "hold"
-            if run.status == "held":
+            if current.status == "held":
                 return True
             if policy == "skip":
                 run_store.set_status(conn, run.id, "skipped", now, detail=f"paused: {why}")
@@ -329,12 +343,21 @@ class Engine:
             stale = run_store.by_status(conn, ["pending", "running"])
         out = []
         for run in stale:
-            if run.node not in (None, self.ctx.node) and not self._node_dead(run.node):
+            foreign = run.node not in (None, self.ctx.node)
+            if foreign and (not self._node_dead(str(run.node)) or not self._take_over(run)):
                 continue
             log.info("resuming interrupted run", extra={"action": "resume", "job": run.campaign,
                                                         "run_id": run.id})
             out.append(run.id)
         return out
+
+    def _take_over(self, run: RunRow) -> bool:
+        """Adopt a dead node's run; the conditional update lets only one survivor win."""
+        stmt = (sa.update(run_table)
+                .where(run_table.c.id == run.id, run_table.c.node == run.node)
+                .values(node=self.ctx.node))
+        with self.ctx.begin() as conn:
+            return conn.execute(stmt).rowcount == 1
 
     def _node_dead(self, node: str) -> bool:
         limit = timedelta(seconds=self.ctx.settings.heartbeat_interval_s * 4)
