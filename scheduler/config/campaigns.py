@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from scheduler.config.base import (
+    CronText,
     LocalDateTimeText,
     Name,
     ScheduleConfig,
@@ -119,7 +120,9 @@ Networks = Annotated[list[str], Field(min_length=1)]
 class PostConfig(StrictModel):
     """One social post: when, where, what."""
 
-    id: str | None = Field(default=None, description="stable id; defaults to at + network")
+    id: str | None = Field(
+        default=None, description="stable id (letters, digits, - _ . :); defaults to at + network"
+    )
     at: LocalDateTimeText
     network: str | list[str]
     copy_: str | dict[str, str] = Field(alias="copy", description="template; per network ok")
@@ -131,7 +134,10 @@ class PostConfig(StrictModel):
 class PostSeriesConfig(StrictModel):
     """A recurring post, e.g. every Tuesday at 10:00."""
 
-    cron: str
+    id: str | None = Field(default=None, description="stable id; defaults to cron + network")
+    cron: CronText
+    start: LocalDateTimeText | None = Field(default=None, description="first post not before")
+    end: LocalDateTimeText | None = Field(default=None, description="no post after")
     network: str | list[str]
     copy_: str | dict[str, str] = Field(alias="copy")
     link: str | None = None
@@ -149,6 +155,8 @@ class PostReminderCampaign(CampaignBase):
     notify: list[NotifyTarget] = Field(min_length=1)
     utm: UtmConfig | None = None
     check_link: bool = True
+    from_: str = Field(default="martech <martech@localhost>", alias="from",
+                       description="sender of reminder e-mails")
     misfire_grace: Duration = Field(default=timedelta(minutes=30))
     on_pause: Literal["hold", "skip"] = "hold"
     max_delay: Duration = Field(default=timedelta(hours=2))
