@@ -27,6 +27,7 @@ class HttpCheck(StrictModel):
     follow_redirects: bool = True
     cert_valid_for: Duration | None = None
     verify_tls: bool = True
+    ca_file: str | None = Field(default=None, description="PEM file of extra trusted CAs")
 
 
 class TcpCheck(StrictModel):
@@ -49,6 +50,7 @@ class SmtpCheck(StrictModel):
     tls: bool = False
     expect_auth: bool = False
     verify_tls: bool = True
+    ca_file: str | None = Field(default=None, description="PEM file of extra trusted CAs")
 
 
 class TlsCheck(StrictModel):
@@ -57,6 +59,7 @@ class TlsCheck(StrictModel):
     server_name: str | None = None
     valid_for: Duration = Field(default=timedelta(days=14))
     verify: bool = True
+    ca_file: str | None = Field(default=None, description="PEM file of extra trusted CAs")
 
 
 class WindowRule(StrictModel):

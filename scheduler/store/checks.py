@@ -1,0 +1,84 @@
+"""Check results (raw evidence) and check state (the guard's verdict), kept apart (DESIGN 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from scheduler.store.dialect import insert_for
+from scheduler.store.tables import check_results, check_state
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    check_name: str
+    at: datetime
+    outcome: str  # ok | fail | unknown
+    latency_ms: float | None
+    detail: str | None
+    node: str | None = None
+
+
+@dataclass(frozen=True)
+class StateRow:
+    check_name: str
+    verdict: str  # pending | up | down | unknown
+    since: datetime
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    recent: str = ""  # oldest first: "o" ok, "x" fail
+    last_result_at: datetime | None = None
+    last_detail: str | None = None
+    last_alert_at: datetime | None = None
+
+    def with_(self, **changes: Any) -> StateRow:
+        return replace(self, **changes)
+
+
+def record_results(conn: sa.Connection, rows: Sequence[ResultRow]) -> None:
+    if rows:
+        conn.execute(sa.insert(check_results), [r.__dict__ for r in rows])
+
+
+def latest_results(conn: sa.Connection, check_name: str, limit: int = 10) -> list[ResultRow]:
+    stmt = (sa.select(check_results).where(check_results.c.check_name == check_name)
+            .order_by(check_results.c.at.desc(), check_results.c.id.desc()).limit(limit))
+    return [ResultRow(**{k: row._mapping[k] for k in ResultRow.__dataclass_fields__})
+            for row in conn.execute(stmt)]
+
+
+def _state(row: sa.Row[Any]) -> StateRow:
+    return StateRow(**{k: row._mapping[k] for k in StateRow.__dataclass_fields__})
+
+
+def get_state(conn: sa.Connection, check_name: str) -> StateRow | None:
+    row = conn.execute(sa.select(check_state).where(check_state.c.check_name == check_name)
+                       ).first()
+    return _state(row) if row else None
+
+
+def all_states(conn: sa.Connection, *, lock: bool = False) -> dict[str, StateRow]:
+    """Every verdict; ``lock`` takes row locks on PostgreSQL so two guards serialise."""
+    stmt = sa.select(check_state)
+    if lock and conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return {row.check_name: _state(row) for row in conn.execute(stmt)}
+
+
+def save_states(conn: sa.Connection, states: Sequence[StateRow]) -> None:
+    for state in states:
+        values = dict(state.__dict__)
+        stmt = insert_for(conn, check_state).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[check_state.c.check_name],
+            set_={k: v for k, v in values.items() if k != "check_name"})
+        conn.execute(stmt)
+
+
+def delete_results_before(conn: sa.Connection, before: datetime) -> int:
+    """Retention: raw results older than ``before`` go; verdicts stay."""
+    return conn.execute(sa.delete(check_results).where(check_results.c.at < before)).rowcount
