@@ -32,9 +32,27 @@ class LoadedConfig:
     checks: ChecksFile = field(default_factory=ChecksFile)
     sources: dict[str, Source] = field(default_factory=dict)
     files: dict[Path, float] = field(default_factory=dict)  # path -> mtime, for reload
+    # Where each campaign lives: its YAML document and the key path of its mapping.
+    documents: dict[str, tuple[YamlDocument, PathKey]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def campaign(self, name: str) -> Any:
         return self.campaigns[name]
+
+    def campaign_problem(self, name: str, path: PathKey, message: str) -> Problem:
+        """A problem about field ``path`` of campaign ``name``, with file and line.
+
+        Job kinds' ``validate`` use it, e.g. ``config.campaign_problem(c.name, ("template",),
+        "template not found")``.
+        """
+        located = self.documents.get(name)
+        if located is None:
+            src = self.sources.get(name, Source(str(self.config_dir), None))
+            return Problem(src.file, src.line, ".".join(map(str, path)), message)
+        doc, base = located
+        problem = doc.problem((*base, *path), message)
+        # The field is named relative to the campaign, as the person wrote it.
+        return Problem(problem.file, problem.line, ".".join(map(str, path)), message)
 
     def path(self, relative: str) -> Path:
         """A path a config file mentions, relative to the config directory."""
@@ -63,6 +81,8 @@ def validation_problems(doc: YamlDocument, exc: ValidationError, base: PathKey) 
         # Discriminated unions put the tag first; drop it, and nested union member names.
         loc = [p for p in loc if not (isinstance(p, str) and p in (*_KINDS, "Selector"))]
         loc = [p for p in loc if not (isinstance(p, str) and p.startswith("literal["))]
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append("kind")
         path: PathKey = (*base, *loc)
         problems.append(doc.problem(path, _friendly(error)))
     return problems
@@ -158,6 +178,7 @@ def _add_campaign(
         return
     loaded.campaigns[campaign.name] = campaign
     loaded.sources[campaign.name] = Source(doc.file, line)
+    loaded.documents[campaign.name] = (doc, base)
 
 
 def _cross_references(loaded: LoadedConfig, checks_doc: YamlDocument | None) -> list[Problem]:
@@ -165,17 +186,18 @@ def _cross_references(loaded: LoadedConfig, checks_doc: YamlDocument | None) -> 
     problems: list[Problem] = []
     check_names = set(loaded.checks.checks)
     for name, campaign in loaded.campaigns.items():
-        src = loaded.sources[name]
         for required in campaign.requires:
             if required not in check_names:
-                problems.append(Problem(src.file, src.line, "requires",
-                                        f"campaign {name!r} requires unknown check {required!r}"
-                                        f" (known: {', '.join(sorted(check_names)) or 'none'})"))
+                problems.append(loaded.campaign_problem(
+                    name, ("requires",),
+                    f"campaign {name!r} requires unknown check {required!r}"
+                    f" (known: {', '.join(sorted(check_names)) or 'none'})"))
         if isinstance(campaign, ReportCampaign):
             for other in campaign.campaigns:
                 if other not in loaded.campaigns:
-                    problems.append(Problem(src.file, src.line, "campaigns",
-                                            f"report {name!r} names unknown campaign {other!r}"))
+                    problems.append(loaded.campaign_problem(
+                        name, ("campaigns",),
+                        f"report {name!r} names unknown campaign {other!r}"))
     if checks_doc is not None:
         for index, guard in enumerate(loaded.checks.guards):
             if guard.check not in check_names:
