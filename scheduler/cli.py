@@ -123,8 +123,9 @@ def validate(state: State, directory: Path | None) -> None:
         state._overrides["config_dir"] = directory
     config = state.config()
     checks = len(config.checks.checks)
-    console.print(f"ok: {len(config.campaigns)} campaign(s), {checks} check(s) in "
-                  f"{state.settings.config_dir} — no problems", markup=False)
+    # click.echo, not rich: the summary must stay one line however narrow the terminal.
+    click.echo(f"ok: {len(config.campaigns)} campaign(s), {checks} check(s) in "
+               f"{state.settings.config_dir} — no problems")
 
 
 @main.command()
@@ -135,7 +136,7 @@ def schema(out: Path) -> None:
     from scheduler.config.schema import write_schemas
 
     for path in write_schemas(out):
-        console.print(f"wrote {path}", markup=False)
+        click.echo(f"wrote {path}")
 
 
 @main.command("settings")

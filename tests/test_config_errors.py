@@ -327,3 +327,9 @@ def test_unreadable_audience(cfg: Path) -> None:
     (cfg / "audiences" / "people.csv").unlink()
     problem = find(problems(cfg), "campaigns/news.yaml", "audience.csv")
     assert problem.line == 4 and "people.csv" in problem.message
+
+
+def test_duplicate_yaml_key(cfg: Path) -> None:
+    write(cfg, "campaigns/news.yaml", NEWSLETTER + "tags: [product]\n")
+    problem = find(problems(cfg), "campaigns/news.yaml", "tags")
+    assert problem.line == 10 and "duplicate key (first on line 9)" in problem.message

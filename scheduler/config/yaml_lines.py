@@ -55,19 +55,24 @@ class YamlDocument:
         return Problem(self.file, self.line_of(path), ".".join(str(p) for p in path), message)
 
 
-def _record_lines(node: yaml.Node, path: PathKey, lines: dict[PathKey, int]) -> None:
+def _record_lines(node: yaml.Node, path: PathKey, lines: dict[PathKey, int],
+                  duplicates: list[tuple[PathKey, int, int]]) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
             child = (*path, key)
-            lines[child] = key_node.start_mark.line + 1
-            _record_lines(value_node, child, lines)
+            line = key_node.start_mark.line + 1
+            if child in lines:
+                # PyYAML silently keeps the last of two equal keys; a person meant one.
+                duplicates.append((child, lines[child], line))
+            lines[child] = line
+            _record_lines(value_node, child, lines, duplicates)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             child = (*path, index)
             lines[child] = item.start_mark.line + 1
-            _record_lines(item, child, lines)
+            _record_lines(item, child, lines, duplicates)
 
 
 def load_yaml(path: Path, display: str | None = None) -> tuple[YamlDocument | None, list[Problem]]:
@@ -88,10 +93,14 @@ def load_yaml(path: Path, display: str | None = None) -> tuple[YamlDocument | No
     except yaml.YAMLError as exc:
         return None, [Problem(name, None, "", f"YAML syntax error: {exc}")]
     lines: dict[PathKey, int] = {}
+    duplicates: list[tuple[PathKey, int, int]] = []
     if node is not None:
-        _record_lines(node, (), lines)
+        _record_lines(node, (), lines, duplicates)
     doc = YamlDocument(name, data, lines)
     data, problems = _substitute_env(doc, data, ())
+    for key, first, again in duplicates:
+        problems.append(Problem(name, again, ".".join(str(p) for p in key),
+                                f"duplicate key (first on line {first}); only one is kept"))
     doc.data = data
     return doc, problems
 
