@@ -1,0 +1,74 @@
+"""Background component: clear ``smtp_unreachable`` pauses once the relay answers again.
+
+The sender pauses a campaign when every connection to the relay fails (rather than failing
+the whole list); this probe connects every ``PROBE_INTERVAL_S`` and lifts that pause reason —
+only that one — when a connection and a NOOP succeed. Held runs then resume via the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiosmtplib
+
+from scheduler.context import ServiceContext
+from scheduler.settings import SmtpSecurity, TransportKind
+from scheduler.store import pauses
+
+log = logging.getLogger("martech.newsletter")
+
+PROBE_INTERVAL_S = 30.0
+
+
+async def relay_reachable(ctx: ServiceContext) -> bool:
+    s = ctx.settings
+    if s.transport != TransportKind.smtp:
+        return True
+    client = aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port,
+                             timeout=s.smtp_connect_timeout_s,
+                             use_tls=s.smtp_security == SmtpSecurity.tls,
+                             start_tls=s.smtp_security == SmtpSecurity.starttls,
+                             validate_certs=s.smtp_validate_certs,
+                             local_hostname=s.smtp_helo_name)
+    try:
+        await asyncio.wait_for(client.connect(), s.smtp_connect_timeout_s * 2)
+        await client.noop(timeout=s.smtp_timeout_s)
+        await client.quit(timeout=s.smtp_timeout_s)
+        return True
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        client.close()
+        return False
+
+
+def _paused_unreachable(ctx: ServiceContext) -> list[str]:
+    with ctx.begin() as conn:
+        return pauses.campaigns_with_reason(conn, pauses.SMTP_UNREACHABLE)
+
+
+def _clear(ctx: ServiceContext, campaigns: list[str]) -> None:
+    with ctx.begin() as conn:
+        for name in campaigns:
+            pauses.remove(conn, name, pauses.SMTP_UNREACHABLE, ctx.clock.now())
+
+
+async def probe_once(ctx: ServiceContext) -> list[str]:
+    """Clear the pause of every campaign waiting on the relay if it answers; return them."""
+    waiting = await ctx.in_thread(_paused_unreachable, ctx)
+    if not waiting or not await relay_reachable(ctx):
+        return []
+    await ctx.in_thread(_clear, ctx, waiting)
+    log.info("SMTP relay reachable again; resuming %s", ", ".join(waiting),
+             extra={"action": "smtp_reachable", "campaigns": len(waiting)})
+    return waiting
+
+
+async def relay_probe(ctx: ServiceContext) -> None:
+    while not ctx.stopping.is_set():
+        try:
+            await probe_once(ctx)
+        except Exception:  # the loop survives the database being away
+            log.exception("relay probe failed", extra={"action": "relay_probe"})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.stopping.wait(), PROBE_INTERVAL_S)

@@ -1,0 +1,97 @@
+"""Token buckets per second and per hour, persisted in ``rate_buckets`` so a restart does not
+hand out a fresh burst (a relay's hourly quota does not reset because we crashed).
+
+A bucket of ``rate`` tokens per ``period_s`` holds at most ``rate`` tokens. The sender reserves
+a whole batch before claiming it (``wait_s`` says how long until it may), so no claimed row ever
+sits waiting on the limiter — a pause or shutdown never strands a claimed batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from scheduler.clock import utc
+from scheduler.store.dialect import insert_for
+from scheduler.store.tables import rate_buckets
+
+
+@dataclass
+class TokenBucket:
+    key: str
+    rate: float  # tokens per period
+    period_s: float
+    tokens: float
+    updated_at: datetime
+
+    @property
+    def capacity(self) -> float:
+        return self.rate
+
+    def refill(self, now: datetime) -> None:
+        elapsed = max(0.0, (now - self.updated_at).total_seconds())
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.rate / self.period_s)
+        self.updated_at = now
+
+    def wait_s(self, n: float, now: datetime) -> float:
+        """Seconds until ``n`` tokens are available (0 if now)."""
+        self.refill(now)
+        missing = min(n, self.capacity) - self.tokens
+        return 0.0 if missing <= 0 else missing * self.period_s / self.rate
+
+    def take(self, n: float, now: datetime) -> None:
+        self.refill(now)
+        self.tokens -= n
+
+
+class RateLimiter:
+    """Per-second and per-hour buckets for one key (a campaign)."""
+
+    def __init__(self, key: str, *, rate_per_s: float | None, rate_per_h: float | None) -> None:
+        self.key = key
+        self.specs = [(f"{key}:per_s", rate_per_s, 1.0), (f"{key}:per_h", rate_per_h, 3600.0)]
+        self.buckets: list[TokenBucket] = []
+
+    @property
+    def active(self) -> bool:
+        return any(rate for _k, rate, _p in self.specs)
+
+    def max_batch(self, wanted: int) -> int:
+        """A batch never exceeds a bucket's capacity, or it could never be reserved."""
+        caps = [int(rate) for _k, rate, _p in self.specs if rate]
+        return max(1, min([wanted, *caps]))
+
+    def load(self, conn: sa.Connection, now: datetime) -> None:
+        stored = {row.key: row for row in conn.execute(
+            sa.select(rate_buckets).where(rate_buckets.c.key.in_([k for k, _r, _p in self.specs])))}
+        self.buckets = []
+        for key, rate, period_s in self.specs:
+            if not rate:
+                continue
+            row = stored.get(key)
+            if row is None:
+                bucket = TokenBucket(key, rate, period_s, rate, now)
+            else:
+                bucket = TokenBucket(key, rate, period_s, min(rate, row.tokens),
+                                     utc(row.updated_at))
+            bucket.refill(now)
+            self.buckets.append(bucket)
+
+    def wait_s(self, n: int, now: datetime) -> float:
+        return max((b.wait_s(n, now) for b in self.buckets), default=0.0)
+
+    def take(self, n: int, now: datetime) -> None:
+        for bucket in self.buckets:
+            bucket.take(n, now)
+
+    def save(self, conn: sa.Connection) -> None:
+        if not self.buckets:
+            return
+        base = insert_for(conn, rate_buckets)
+        stmt = base.on_conflict_do_update(
+            index_elements=[rate_buckets.c.key],
+            set_={"tokens": base.excluded.tokens, "updated_at": base.excluded.updated_at})
+        conn.execute(stmt, [{"key": b.key, "tokens": b.tokens, "updated_at": b.updated_at}
+                            for b in self.buckets])

@@ -1,0 +1,284 @@
+"""Rendering: sandboxed Jinja2, CSS inlined once per run, UTM on every http(s) link.
+
+Marketers are trusted with content, not code: templates run in an immutable sandbox, HTML is
+autoescaped, and a missing variable is an error (StrictUndefined) rather than a blank in 100k
+inboxes. What is the same for every recipient is done once per run: the CSS is inlined into the
+*template source* (Jinja tags protected by placeholders) and the text twin, when there is no
+``.txt``, is derived from the HTML template once — each with a fall-back to per-recipient work
+if the HTML parser moved a Jinja tag.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import css_inline
+import jinja2
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from scheduler.errors import TemplateError
+
+_JINJA_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+_PLACEHOLDER = re.compile(r"MTJX(\d{5})X")
+_HREF = re.compile(r"""(href\s*=\s*)(["'])(https?://[^"']*)\2""", re.IGNORECASE)
+_TEXT_URL = re.compile(r"https?://[^\s<>\"')\]]+")
+_INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=False)
+
+
+def _protect(source: str) -> tuple[str, list[str]]:
+    tags: list[str] = []
+
+    def repl(match: re.Match[str]) -> str:
+        tags.append(match.group(0))
+        return f"MTJX{len(tags) - 1:05d}X"
+
+    return _JINJA_TAG.sub(repl, source), tags
+
+
+def _restore(text: str, tags: list[str]) -> str | None:
+    """Put the Jinja tags back; None if the HTML parser dropped, duplicated or moved one.
+
+    Block tags (``{% %}``) must keep their order; an expression (``{{ }}``) may move (a link's
+    URL printed after its text) but never across a block tag, or its meaning would change.
+    """
+    found = [int(m.group(1)) for m in _PLACEHOLDER.finditer(text)]
+    if sorted(found) != list(range(len(tags))):
+        return None
+    is_block = [not tag.startswith("{{") for tag in tags]
+    blocks_seen = 0
+    segment_of = []
+    for index in range(len(tags)):
+        segment_of.append(blocks_seen)
+        blocks_seen += is_block[index]
+    blocks_seen = 0
+    for index in found:
+        if is_block[index]:
+            if segment_of[index] != blocks_seen:
+                return None
+            blocks_seen += 1
+        elif segment_of[index] != blocks_seen:
+            return None
+    return _PLACEHOLDER.sub(lambda m: tags[int(m.group(1))], text)
+
+
+def inline_css(html: str) -> str:
+    return str(_INLINER.inline(html))
+
+
+class _TextExtractor(HTMLParser):
+    """HTML → readable plain text: block elements break lines, links show their URL."""
+
+    BLOCKS = {"p", "div", "br", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "table",
+              "tr", "section", "article", "header", "footer", "hr", "blockquote"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self._skip = 0
+        self._href: list[str | None] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("style", "script", "head", "title"):
+            self._skip += 1
+        elif tag == "li":
+            self.out.append("\n* ")
+        elif tag in self.BLOCKS:
+            self.out.append("\n")
+        if tag == "a":
+            self._href.append(dict(attrs).get("href"))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("style", "script", "head", "title"):
+            self._skip = max(0, self._skip - 1)
+        elif tag in self.BLOCKS:
+            self.out.append("\n")
+        elif tag == "a" and self._href:
+            href = self._href.pop()
+            if href and not href.startswith("#"):
+                self.out.append(f" ({href})")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.out.append(re.sub(r"\s+", " ", data))
+
+
+def html_to_text(html: str) -> str:
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    lines = [line.strip() for line in "".join(parser.out).splitlines()]
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    return text + "\n"
+
+
+class UtmTagger:
+    """Adds utm_* parameters to http(s) links; existing parameters win. Cached per URL."""
+
+    def __init__(self, params: Mapping[str, str], skip_prefixes: tuple[str, ...] = ()) -> None:
+        self.params = {k: v for k, v in params.items() if v}
+        self.skip = tuple(p for p in skip_prefixes if p)
+        self._cache: dict[str, str] = {}
+
+    def url(self, url: str) -> str:
+        cached = self._cache.get(url)
+        if cached is not None:
+            return cached
+        out = url
+        if self.params and not (self.skip and url.startswith(self.skip)):
+            parts = urlsplit(url)
+            query = parse_qsl(parts.query, keep_blank_values=True)
+            have = {k for k, _v in query}
+            query += [(k, v) for k, v in self.params.items() if k not in have]
+            out = urlunsplit(parts._replace(query=urlencode(query)))
+        if len(self._cache) > 50_000:  # bounded: per-recipient links would grow it forever
+            self._cache.clear()
+        self._cache[url] = out
+        return out
+
+    def html(self, html: str) -> str:
+        if not self.params:
+            return html
+
+        def repl(match: re.Match[str]) -> str:
+            raw = html_lib.unescape(match.group(3))
+            tagged = html_lib.escape(self.url(raw), quote=True)
+            return f"{match.group(1)}{match.group(2)}{tagged}{match.group(2)}"
+
+        return _HREF.sub(repl, html)
+
+    def text(self, text: str) -> str:
+        if not self.params:
+            return text
+        return _TEXT_URL.sub(lambda m: self.url(m.group(0)), text)
+
+
+def _error_line(exc: BaseException, template_name: str) -> int | None:
+    """The template line of a render error, from Jinja's rewritten traceback."""
+    line = getattr(exc, "lineno", None)
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(template_name):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def make_environment(templates_dir: Path | None, *, html: bool) -> ImmutableSandboxedEnvironment:
+    loader = jinja2.FileSystemLoader(str(templates_dir)) if templates_dir else None
+    env = ImmutableSandboxedEnvironment(
+        loader=loader, autoescape=html, undefined=StrictUndefined, keep_trailing_newline=True,
+        auto_reload=False)
+    return env
+
+
+@dataclass
+class Rendered:
+    subject: str
+    html: str
+    text: str
+
+
+class CampaignTemplates:
+    """A campaign's compiled subject, HTML and text templates, ready to render many times."""
+
+    def __init__(self, templates_dir: Path, template: str, subject: str, *,
+                 utm: Mapping[str, str] | None = None, skip_utm_prefixes: tuple[str, ...] = (),
+                 inline: bool = True) -> None:
+        self.name = template
+        self.html_name = f"{template}.html"
+        self.text_name = f"{template}.txt"
+        self.html_env = make_environment(templates_dir, html=True)
+        self.text_env = make_environment(templates_dir, html=False)
+        self.utm = UtmTagger(utm or {}, skip_utm_prefixes)
+        self.subject_tpl = self._compile(self.text_env, subject, "subject")
+        self.subject_const: str | None = None
+        if not meta.find_undeclared_variables(self.text_env.parse(subject)):
+            self.subject_const = self._render(self.subject_tpl, {}, "subject").strip()
+
+        html_path = templates_dir / self.html_name
+        try:
+            html_source = html_path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TemplateError(self.html_name, f"cannot read template: {exc}") from exc
+        # The original, for error messages with the marketer's own line numbers.
+        self.html_original = self._compile(self.html_env, html_source, self.html_name)
+        self.html_tpl = self.html_original
+        self.inline_per_recipient = False
+        if inline and "<style" in html_source.lower():
+            protected, tags = _protect(html_source)
+            restored = _restore(inline_css(protected), tags)
+            if restored is None:
+                self.inline_per_recipient = True
+            else:
+                self.html_tpl = self._compile(self.html_env, restored, self.html_name)
+
+        self.text_tpl: jinja2.Template | None = None
+        self.derive_text_per_recipient = False
+        text_path = templates_dir / self.text_name
+        if text_path.exists():
+            self.text_tpl = self._compile(self.text_env, text_path.read_text(encoding="utf-8"),
+                                          self.text_name)
+        else:
+            protected, tags = _protect(html_source)
+            restored = _restore(html_to_text(protected), tags)
+            if restored is None:
+                self.derive_text_per_recipient = True
+            else:
+                self.text_tpl = self._compile(self.text_env, restored, self.text_name)
+
+    @staticmethod
+    def _compile(env: jinja2.Environment, source: str, name: str) -> jinja2.Template:
+        try:
+            return env.from_string(source)
+        except TemplateSyntaxError as exc:
+            raise TemplateError(name, f"syntax error: {exc.message}", exc.lineno) from exc
+
+    @staticmethod
+    def _render(template: jinja2.Template, variables: Mapping[str, Any], name: str) -> str:
+        try:
+            return template.render(variables)
+        except SecurityError as exc:
+            raise TemplateError(name, f"refused by the sandbox: {exc}",
+                                _error_line(exc, name)) from exc
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(name, f"undefined variable: {exc.message}",
+                                _error_line(exc, "<template>")) from exc
+        except jinja2.TemplateError as exc:
+            raise TemplateError(name, str(exc), _error_line(exc, "<template>")) from exc
+        except Exception as exc:  # a filter raising on bad data, e.g. int('x')
+            raise TemplateError(name, f"{type(exc).__name__}: {exc}",
+                                _error_line(exc, "<template>")) from exc
+
+    def render_subject(self, variables: Mapping[str, Any]) -> str:
+        if self.subject_const is not None:
+            return self.subject_const
+        return self._render(self.subject_tpl, variables, "subject").strip()
+
+    def render(self, variables: Mapping[str, Any]) -> Rendered:
+        subject = self.render_subject(variables)
+        html = self._render(self.html_tpl, variables, self.html_name)
+        if self.inline_per_recipient:
+            html = inline_css(html)
+        if self.text_tpl is not None:
+            text = self._render(self.text_tpl, variables, self.text_name)
+        else:
+            text = html_to_text(html)
+        return Rendered(subject, self.utm.html(html), self.utm.text(text))
+
+    def check(self, variables: Mapping[str, Any]) -> Rendered:
+        """Render against the *original* sources so errors carry the marketer's line numbers."""
+        self._render(self.html_original, variables, self.html_name)
+        return self.render(variables)
+
+
+TemplateFactory = Callable[[], CampaignTemplates]

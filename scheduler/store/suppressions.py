@@ -1,0 +1,45 @@
+"""The suppression list: addresses never mailed again (unsubscribed, hard-bounced, manual)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from scheduler.store.dialect import insert_for
+from scheduler.store.tables import suppressions
+
+REASONS = ("unsubscribed", "hard_bounce", "manual")
+
+
+def add(conn: sa.Connection, email: str, reason: str, now: datetime, *,
+        campaign: str | None = None, detail: str | None = None) -> bool:
+    """Suppress ``email`` (lower-cased); True if it was not suppressed before."""
+    if reason not in REASONS:
+        raise ValueError(f"unknown suppression reason {reason!r}")
+    stmt = insert_for(conn, suppressions).values(
+        email=email.strip().lower(), reason=reason, at=now, campaign=campaign, detail=detail,
+    ).on_conflict_do_nothing()
+    return bool(conn.execute(stmt).rowcount)
+
+
+def remove(conn: sa.Connection, email: str) -> bool:
+    result = conn.execute(sa.delete(suppressions).where(
+        suppressions.c.email == email.strip().lower()))
+    return bool(result.rowcount)
+
+
+def is_suppressed(conn: sa.Connection, email: str) -> bool:
+    stmt = sa.select(sa.literal(1)).where(suppressions.c.email == email.strip().lower())
+    return conn.execute(stmt).first() is not None
+
+
+def reason_of(conn: sa.Connection, email: str) -> str | None:
+    stmt = sa.select(suppressions.c.reason).where(suppressions.c.email == email.strip().lower())
+    row = conn.execute(stmt).first()
+    return str(row[0]) if row else None
+
+
+def count(conn: sa.Connection) -> dict[str, int]:
+    stmt = sa.select(suppressions.c.reason, sa.func.count()).group_by(suppressions.c.reason)
+    return {row[0]: int(row[1]) for row in conn.execute(stmt)}
