@@ -52,7 +52,8 @@ def target_key(target: NotifyTarget) -> str:
     if target.email:
         return target.email.strip().lower()
     assert target.webhook is not None
-    return "webhook:" + hashlib.sha256(target.webhook.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{target.format} {target.webhook}".encode()).hexdigest()[:16]
+    return f"webhook:{digest}"
 
 
 def describe_reason(reason: str, detail: str | None) -> str:
@@ -198,7 +199,7 @@ class PostReminderKind:
                 copy = raw
                 warnings.append(f"{network}: {exc}")
             networks.append({"network": network, "label": network_label(network),
-                             "copy": copy, "link": link})
+                             "text": copy, "link": link})
         remaining = post_at - now
         due = due_text(lead) if remaining > timedelta(minutes=-1) else (
             f"was due {int(-remaining.total_seconds() // 60)} min ago")

@@ -7,6 +7,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from jobs.post_calendar import campaign_posts
@@ -115,7 +116,7 @@ def calendar_table(db: Any, config: LoadedConfig, days: float, now: datetime,
                     "\n".join(reminders),
                 ]))
     for _at, cells in sorted(rows, key=lambda r: r[0]):
-        table.add_row(*cells)
+        table.add_row(*(escape(cell) for cell in cells))  # "[held]" is text, not markup
     if not rows:
         table.caption = "no posts in this period"
     return table

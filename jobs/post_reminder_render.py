@@ -83,7 +83,7 @@ class ReminderView:
     post_at_local: str
     lead_text: str
     due_text: str  # "in 1 hour", "now", "1 hour ago"
-    networks: list[dict[str, str]]  # {network, label, copy, link}
+    networks: list[dict[str, str]]  # {network, label, text, link}
     link: str | None
     link_status: str | None  # None: not checked; "ok"; or why it is broken
     link_broken: bool
@@ -132,7 +132,7 @@ def slack_text(view: ReminderView) -> str:
         lines.append(f":pause_button: {view.held_note}")
     lines.append(f"Due {view.post_at_local}.")
     for net in view.networks:
-        lines.append(f"*{net['label']}*:\n```{net['copy']}```")
+        lines.append(f"*{net['label']}*:\n```{net['text']}```")
     if view.image:
         lines.append(f"Image: {view.image}")
     if view.notes:

@@ -16,8 +16,10 @@ def mark_done(conn: sa.Connection, campaign: str, post_id: str, now: datetime,
               by: str | None = None) -> bool:
     """Record a post as done; return False if it already was. Adds a ``posted`` event."""
     stmt = insert_for(conn, posts_done).values(
-        campaign=campaign, post_id=post_id, done_at=now, by=by).on_conflict_do_nothing()
-    added = conn.execute(stmt).rowcount > 0
+        campaign=campaign, post_id=post_id, done_at=now, by=by
+    ).on_conflict_do_nothing().returning(posts_done.c.post_id)
+    # RETURNING, not rowcount: psycopg reports rowcount -1 for INSERT … ON CONFLICT.
+    added = conn.execute(stmt).first() is not None
     if added:
         event(conn, "posted", campaign, now, detail=post_id)
     return added

@@ -37,8 +37,9 @@ def add(conn: sa.Connection, campaign: str, reason: str, now: datetime, *,
     """Add a pause reason; return True if it is new. Records a ``paused`` tracking event."""
     stmt = insert_for(conn, pauses).values(
         campaign=campaign, reason=reason, detail=detail, since=now, by=by
-    ).on_conflict_do_nothing()
-    added = conn.execute(stmt).rowcount > 0
+    ).on_conflict_do_nothing().returning(pauses.c.campaign)
+    # RETURNING, not rowcount: psycopg reports rowcount -1 for INSERT … ON CONFLICT here.
+    added = conn.execute(stmt).first() is not None
     if added:
         conn.execute(sa.insert(tracking_events).values(
             at=now, kind="paused", campaign=campaign, detail=f"{reason}: {detail or ''}".strip()))
