@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from jobs.checks.base import ProbeFailed, step
-from jobs.checks.tlsinfo import client_context, expiry_note, expiry_problem
+from jobs.checks.tlsinfo import client_context, expiry_note, expiry_problem, peer_cert
 from scheduler.clock import Clock
 from scheduler.config.checks import HttpCheck
 
@@ -44,6 +44,7 @@ class HttpProbe:
                 elapsed_s = time.perf_counter() - started
                 notes = [f"{resp.status}"]
                 cert_der = _peer_cert(resp)
+                final_url = resp.url
                 if resp.status not in spec.status:
                     raise ProbeFailed(f"status {resp.status}, expected "
                                       f"{' or '.join(map(str, spec.status))}")
@@ -67,8 +68,12 @@ class HttpProbe:
             if elapsed_s > limit_s:
                 raise ProbeFailed(f"slow: {elapsed_s * 1000:.0f} ms > {limit_s * 1000:.0f} ms")
         if spec.cert_valid_for is not None:
-            if cert_der is None:
+            if final_url.scheme != "https" or self._ssl is None:
                 raise ProbeFailed("cert_valid_for needs an https URL")
+            if cert_der is None:  # aiohttp already released the connection: ask again
+                host = final_url.raw_host or ""
+                cert_der = await peer_cert(host, final_url.port or 443, self._ssl, host,
+                                           timeout_s)
             problem = expiry_problem(cert_der, self.clock.now(), spec.cert_valid_for)
             if problem:
                 raise ProbeFailed(problem)

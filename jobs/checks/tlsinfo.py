@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 from datetime import datetime, timedelta
 
@@ -47,3 +49,21 @@ def expiry_note(der: bytes | None, now: datetime) -> str:
 def _days(delta: timedelta) -> str:
     days = delta.total_seconds() / 86400
     return f"{days:.1f}d" if days < 10 else f"{days:.0f}d"
+
+
+async def peer_cert(host: str, port: int, ctx: ssl.SSLContext, server_name: str,
+                    timeout_s: float) -> bytes | None:
+    """Handshake with ``host:port`` and return the server's certificate (DER)."""
+    from jobs.checks.base import step
+
+    _reader, writer = await step(
+        f"TLS handshake with {host}:{port}",
+        asyncio.open_connection(host, port, ssl=ctx, server_hostname=server_name,
+                                ssl_handshake_timeout=timeout_s), timeout_s)
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        return ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
