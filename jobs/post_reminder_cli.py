@@ -78,7 +78,8 @@ def mark_posted(db: Any, config: LoadedConfig, name: str, *, post_id: str | None
 
 def calendar_table(db: Any, config: LoadedConfig, days: float, now: datetime,
                    names: list[str] | None = None) -> Table:
-    table = Table("post (local)", "campaign", "post id", "network", "status", "reminders", title=f"Posts in the next {days:g} day(s)", title_justify="left")
+    table = Table("post (local)", "campaign", "post id", "network", "status", "reminders",
+                  title=f"Posts in the next {days:g} day(s)", title_justify="left")
     rows: list[tuple[datetime, list[str]]] = []
     with db.begin() as conn:
         paused = pauses.all_reasons(conn)

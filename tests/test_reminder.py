@@ -26,7 +26,7 @@ from scheduler.store import runs as run_store
 from scheduler.store.tables import outbox, runs, tracking_events
 from tests.conftest import REPO
 from tests.smtp_server import SmtpServer
-from tests.webhook_server import Receiver, serve
+from tests.webhook_server import serve
 
 CAMPAIGN = "bf-posts"
 
