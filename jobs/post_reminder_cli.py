@@ -39,6 +39,9 @@ def choose_post(config: LoadedConfig, campaign: PostReminderCampaign, now: datet
     if post_id is not None and "@" not in post_id and not any(p.id == post_id for p in posts):
         known = ", ".join(p.id for p in posts[:10])
         raise MartechError(f"no post {post_id!r} in {campaign.name} (known: {known})")
+    exact = next((p for p in posts if p.id == post_id and p.at is not None), None)
+    if exact is not None and exact.at is not None and at is None:  # a one-off post, any date
+        return occurrences(campaign, [exact], exact.at - timedelta(seconds=1), exact.at)[0]
     window = occurrences(campaign, posts, now - LOOK_AROUND * 5, now + LOOK_AROUND * 5)
     if post_id is not None:
         window = [u for u in window if post_id in (u.post.id, u.occurrence_id)]
