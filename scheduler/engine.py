@@ -109,10 +109,15 @@ class Engine:
     async def stop(self, timeout_s: float) -> None:
         """Stop taking new work; give in-flight runs ``timeout_s`` to checkpoint."""
         self.ctx.stopping.set()
+        self._wake.set()  # the claim loop sees `stopping` and returns
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        for task in self._loops:
-            task.cancel()
+        # Let the loops return on their own: cancelling one while its database work runs in a
+        # worker thread would leave that thread holding a connection past engine disposal.
+        if self._loops:
+            _done, stuck = await asyncio.wait(self._loops, timeout=min(timeout_s, 5.0))
+            for task in stuck:
+                task.cancel()
         pending = [t for t in self._tasks.values() if not t.done()]
         if pending:
             log.info("waiting for %d running job(s) to checkpoint", len(pending),
@@ -171,6 +176,8 @@ class Engine:
         while not self.ctx.stopping.is_set():
             await self._wake.wait()
             self._wake.clear()
+            if self.ctx.stopping.is_set():
+                return
             await asyncio.sleep(0)  # let wake-ups due in the same tick join this batch
             keys, self._due = self._due, set()
             specs = [self.specs[k] for k in keys if k in self.specs]
