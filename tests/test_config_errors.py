@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,8 @@ from jobs.registry import build_registry
 from scheduler.errors import ConfigError, Problem
 from scheduler.service import load_and_validate
 from scheduler.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
 
 NEWSLETTER = """\
 name: news
@@ -56,6 +59,7 @@ def cfg(tmp_path: Path) -> Path:
     templates.mkdir()
     (templates / "news.html").write_text("<p>Hi {{ first_name }}</p>\n")
     (templates / "news.txt").write_text("Hi {{ first_name }}\n")
+    shutil.copy(REPO / "templates" / "email" / "report.html", templates / "report.html")
     return root
 
 
@@ -300,11 +304,10 @@ def test_missing_template(cfg: Path) -> None:
 
 @needs_newsletter
 def test_template_syntax_error(cfg: Path) -> None:
-    (cfg.parent / "templates" / "news.html").write_text("<p>{% if first_name %}Hi</p>\n")
-    found = problems(cfg)
-    assert any(p.file.endswith("campaigns/news.yaml") and p.field == "template"
-               for p in found), found
-    assert any("news.html" in str(p) for p in found), found
+    (cfg.parent / "templates" / "news.html").write_text("<p>\n{% if first_name %}Hi</p>\n")
+    # The problem is in the template file itself, so that is the file (and line) named.
+    problem = find(problems(cfg), "templates/news.html", "template")
+    assert problem.line in (2, 3) and "endif" in problem.message
 
 
 @needs_newsletter
@@ -317,16 +320,21 @@ def test_subject_template_syntax_error(cfg: Path) -> None:
 @needs_newsletter
 def test_undefined_variable_in_template(cfg: Path) -> None:
     (cfg.parent / "templates" / "news.html").write_text("<p>{{ article.title }}</p>\n")
-    found = problems(cfg)
-    assert any(p.file.endswith("campaigns/news.yaml") and p.field == "template"
-               and "article" in p.message for p in found), found
+    problem = find(problems(cfg), "templates/news.html", "template")
+    assert problem.line == 1 and "'article' is undefined" in problem.message
 
 
 @needs_newsletter
 def test_unreadable_audience(cfg: Path) -> None:
     (cfg / "audiences" / "people.csv").unlink()
-    problem = find(problems(cfg), "campaigns/news.yaml", "audience.csv")
-    assert problem.line == 4 and "people.csv" in problem.message
+    problem = find(problems(cfg), "audiences/people.csv", "audience")
+    assert "cannot read audience file" in problem.message
+
+
+def test_missing_report_template(cfg: Path) -> None:
+    (cfg.parent / "templates" / "report.html").unlink()
+    problem = find(problems(cfg), "reports.yaml", "formats")
+    assert problem.line == 2 and "report.html not found" in problem.message
 
 
 def test_duplicate_yaml_key(cfg: Path) -> None:
