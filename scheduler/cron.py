@@ -8,6 +8,7 @@ gap the time is shifted forward by the gap's length — so each local slot fires
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -82,10 +83,14 @@ class CronExpression:
 
     @classmethod
     def parse(cls, text: str) -> CronExpression:
-        """Parse ``"0 9 * * MON"``.
+        """Parse ``"0 9 * * MON"`` (cached: configs repeat the same few expressions).
 
         :raises CronSyntaxError: naming the field that is wrong.
         """
+        return _parse_cached(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> CronExpression:
         expanded = _ALIASES.get(text.strip().lower(), text)
         fields = expanded.split()
         if len(fields) != 5:
@@ -133,6 +138,11 @@ class CronExpression:
                             return instant, slot
             day += timedelta(days=1)
         raise CronSyntaxError(f"{self.text!r} never fires")
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(text: str) -> CronExpression:
+    return CronExpression._parse(text)  # frozen result: safe to share
 
 
 def to_utc(local: datetime, tz: ZoneInfo) -> datetime:

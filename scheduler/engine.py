@@ -23,7 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from jobs.base import Registry, RunResult, ScheduleSpec
 from scheduler.clock import utc
 from scheduler.context import ServiceContext
-from scheduler.schedules import Occurrence
+from scheduler.schedules import Occurrence, Schedule
 from scheduler.store import heartbeats, pauses
 from scheduler.store import runs as run_store
 from scheduler.store.runs import Claim, RunRow
@@ -79,6 +79,7 @@ class Engine:
         self.registry = registry
         self.specs: dict[str, ScheduleSpec] = {}
         self._scheduler: AsyncIOScheduler | None = None
+        self._jobs: dict[str, list[str]] = {}  # APScheduler job id -> schedule keys it wakes
         self._due: set[str] = set()
         self._wake = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -90,8 +91,7 @@ class Engine:
     async def start(self) -> None:
         self.specs = self.registry.specs(self.ctx.config)
         self._scheduler = AsyncIOScheduler(timezone="UTC")
-        for spec in self.specs.values():
-            self._add_job(spec)
+        self._sync_jobs()
         # Interrupted runs are listed before the claim loop starts, so a run claimed (and
         # perhaps finished) by this start-up's own catch-up is never mistaken for one.
         interrupted = await self.ctx.in_thread(self._interrupted_runs)
@@ -131,32 +131,41 @@ class Engine:
 
     def reload(self) -> None:
         """Swap schedules to match ``ctx.config``; cursors in the database are untouched."""
-        new_specs = self.registry.specs(self.ctx.config)
-        assert self._scheduler is not None
-        for key in set(self.specs) - set(new_specs):
-            self._remove_job(key)
-        for key, spec in new_specs.items():
-            if self.specs.get(key) != spec:
-                self._remove_job(key)
-                self._add_job(spec)
-        self.specs = new_specs
+        self.specs = self.registry.specs(self.ctx.config)
+        self._sync_jobs()
         # Catch-up is cursor-based, so re-adding jobs never drops an occurrence (#696).
-        self._due.update(new_specs)
+        self._due.update(self.specs)
         self._wake.set()
 
-    def _remove_job(self, key: str) -> None:
+    def _sync_jobs(self) -> None:
+        """One APScheduler job per distinct schedule, waking every key that shares it.
+
+        Thousands of campaigns share a handful of schedules ("0 9 * * MON"); one wake-up job
+        each keeps start-up fast (APScheduler inspects every callable it is given).
+        """
+        assert self._scheduler is not None
+        groups: dict[str, tuple[Schedule, list[str]]] = {}
+        for key in sorted(self.specs):
+            schedule = self.specs[key].schedule
+            groups.setdefault(repr(schedule), (schedule, []))[1].append(key)
+        new_jobs = {f"wake:{text}": group for text, group in groups.items()}
+        for job_id in set(self._jobs) - set(new_jobs):
+            self._remove_job(job_id)
+        for job_id, (schedule, keys) in new_jobs.items():
+            if self._jobs.get(job_id) == keys:
+                continue
+            self._scheduler.add_job(
+                self._on_wake, ScheduleTrigger(schedule), args=[keys], id=job_id,
+                name=job_id, misfire_grace_time=None, coalesce=True, max_instances=1000,
+                replace_existing=True,
+            )
+        self._jobs = {job_id: keys for job_id, (_s, keys) in new_jobs.items()}
+
+    def _remove_job(self, job_id: str) -> None:
         assert self._scheduler is not None
         # APScheduler drops a job by itself once its trigger is exhausted (one-offs).
         with contextlib.suppress(JobLookupError):
-            self._scheduler.remove_job(key)
-
-    def _add_job(self, spec: ScheduleSpec) -> None:
-        assert self._scheduler is not None
-        self._scheduler.add_job(
-            self._on_wake, ScheduleTrigger(spec.schedule), args=[spec.key], id=spec.key,
-            name=spec.key, misfire_grace_time=None, coalesce=True, max_instances=1000,
-            replace_existing=True,
-        )
+            self._scheduler.remove_job(job_id)
 
     def next_fire_times(self) -> dict[str, datetime | None]:
         now = self.ctx.clock.now()
@@ -168,8 +177,8 @@ class Engine:
 
     # -- waking and claiming ---------------------------------------------------------------
 
-    async def _on_wake(self, key: str) -> None:
-        self._due.add(key)
+    async def _on_wake(self, keys: list[str]) -> None:
+        self._due.update(keys)
         self._wake.set()
 
     async def _claim_loop(self) -> None:

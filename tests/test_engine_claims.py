@@ -349,7 +349,8 @@ async def test_reload_after_apscheduler_dropped_a_finished_one_off(
     await asyncio.wait_for(kind.event.wait(), 10)
     assert engine._scheduler is not None
     # APScheduler removes a job whose trigger is exhausted; reload must cope with that.
-    engine._scheduler.remove_job("once")
+    [job_id] = engine._jobs
+    engine._scheduler.remove_job(job_id)
     engine.ctx.config.campaigns = {}
     engine.reload()
     assert engine.specs == {}
