@@ -222,6 +222,7 @@ class Engine:
                     moves[spec.key] = (spec.campaign, now)
             won = run_store.claim(conn, claims, self.ctx.node, now)
             run_store.advance_cursors(conn, moves, now)
+        committed = self.ctx.clock.now()  # lateness counts until the claim is durable
         by_key = {s.key: s for s in specs}
         out = []
         for claim in claims:
@@ -230,7 +231,7 @@ class Engine:
                 continue
             if claim.status == "pending":
                 out.append(ClaimedRun(run_id, by_key[claim.schedule_key], claim.scheduled_at))
-                self.claimed_log.append((claim.schedule_key, claim.scheduled_at, now))
+                self.claimed_log.append((claim.schedule_key, claim.scheduled_at, committed))
             elif claim.status == "missed":
                 log.warning("run missed", extra={"action": "missed", "job": claim.campaign,
                                                  "run_id": run_id, "detail": claim.detail})
