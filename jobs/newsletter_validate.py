@@ -7,7 +7,6 @@ than discovered as a blank in 100k inboxes.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +14,10 @@ from jobs.audiences import AudienceError, AudienceStats, iter_audience
 from jobs.newsletter_prepare import ContextFileError, load_context, utm_params
 from scheduler.config.campaigns import NewsletterCampaign
 from scheduler.config.loader import LoadedConfig
-from scheduler.config.yaml_lines import load_yaml
 from scheduler.delivery.message import AddressError, parse_mailbox
 from scheduler.delivery.render import CampaignTemplates
 from scheduler.errors import HeaderInjectionError, Problem, TemplateError
 from scheduler.settings import Settings
-
-
-@lru_cache(maxsize=64)
-def _lines(file: str, mtime: float) -> dict[tuple[Any, ...], int]:
-    doc, _problems = load_yaml(Path(file))
-    return dict(doc.lines) if doc is not None else {}
-
-
-def _line(file: str, key: str, fallback: int | None) -> int | None:
-    try:
-        lines = _lines(file, Path(file).stat().st_mtime)
-    except OSError:
-        return fallback
-    return lines.get((key,), fallback)
 
 
 def first_row(campaign: NewsletterCampaign, config: LoadedConfig) -> dict[str, Any] | None:
@@ -46,13 +30,10 @@ def first_row(campaign: NewsletterCampaign, config: LoadedConfig) -> dict[str, A
 
 def validate_newsletter(campaign: NewsletterCampaign, config: LoadedConfig,
                         settings: Settings) -> list[Problem]:
-    src = config.sources.get(campaign.name)
-    file = src.file if src else campaign.name
-    base_line = src.line if src else None
     problems: list[Problem] = []
 
     def add(key: str, message: str) -> None:
-        problems.append(Problem(file, _line(file, key, base_line), key, message))
+        problems.append(config.campaign_problem(campaign.name, (key,), message))
 
     for key, value in (("from", campaign.from_), ("reply_to", campaign.reply_to)):
         if value is None:
@@ -73,7 +54,7 @@ def validate_newsletter(campaign: NewsletterCampaign, config: LoadedConfig,
             templates = CampaignTemplates(templates_dir, campaign.template, campaign.subject,
                                           utm=utm_params(campaign))
         except TemplateError as exc:
-            problems.append(_template_problem(exc, templates_dir, file, base_line))
+            problems.append(_template_problem(exc, templates_dir, config, campaign.name))
 
     context: dict[str, Any] | None = None
     try:
@@ -96,12 +77,12 @@ def validate_newsletter(campaign: NewsletterCampaign, config: LoadedConfig,
         try:
             templates.check(variables)
         except TemplateError as exc:
-            problems.append(_template_problem(exc, templates_dir, file, base_line))
+            problems.append(_template_problem(exc, templates_dir, config, campaign.name))
     return problems
 
 
-def _template_problem(exc: TemplateError, templates_dir: Path, file: str,
-                      base_line: int | None) -> Problem:
+def _template_problem(exc: TemplateError, templates_dir: Path, config: LoadedConfig,
+                      name: str) -> Problem:
     if exc.template == "subject":
-        return Problem(file, _line(file, "subject", base_line), "subject", exc.message)
+        return config.campaign_problem(name, ("subject",), exc.message)
     return Problem(str(templates_dir / exc.template), exc.line, "template", exc.message)

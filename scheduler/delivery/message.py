@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from email.header import decode_header, make_header
 from email.utils import format_datetime, parseaddr
 
 from scheduler.delivery.base import OutgoingMessage
@@ -83,9 +84,15 @@ def format_address(display: str | None, address: str) -> str:
     if not display:
         return address
     check_header("display name", display)
+    # Runs of spaces in a display name are not preserved by mail readers (nor by the stdlib
+    # parser); normalise them so what we send is what is shown.
+    display = " ".join(display.split())
+    if not display:
+        return address
     if _ATEXT_PHRASE.match(display) and display == display.strip() and "  " not in display:
         return f"{display} <{address}>"
-    if _PRINTABLE.match(display) and display == display.strip() and "  " not in display:
+    if (_PRINTABLE.match(display) and display == display.strip() and "  " not in display
+            and "=?" not in display):
         quoted = display.replace("\\", "\\\\").replace('"', '\\"')
         return f'"{quoted}" <{address}>'
     return f"{encode_words(display)} <{address}>"
@@ -97,6 +104,8 @@ def parse_mailbox(text: str) -> tuple[str, str]:
     name, address = parseaddr(text)
     if not valid_address(address):
         raise AddressError(f"not a valid e-mail address: {text!r}")
+    if "=?" in name:  # an already-encoded display name: decode, it is re-encoded on output
+        name = str(make_header(decode_header(name)))
     return name, address
 
 
