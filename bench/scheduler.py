@@ -23,19 +23,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import sqlalchemy as sa  # noqa: E402
+import sqlalchemy as sa
 
-from jobs.base import Registry, RunResult, ScheduleSpec  # noqa: E402
-from jobs.registry import build_registry  # noqa: E402
-from scheduler.clock import SystemClock  # noqa: E402
-from scheduler.config.loader import LoadedConfig  # noqa: E402
-from scheduler.context import ServiceContext  # noqa: E402
-from scheduler.engine import Engine  # noqa: E402
-from scheduler.schedules import Schedule  # noqa: E402
-from scheduler.service import load_and_validate  # noqa: E402
-from scheduler.settings import Settings  # noqa: E402
-from scheduler.store.db import make_engine, upgrade  # noqa: E402
-from scheduler.store.runs import RunRow  # noqa: E402
+from jobs.base import Registry, RunResult, ScheduleSpec
+from jobs.registry import build_registry
+from scheduler.clock import SystemClock
+from scheduler.config.loader import LoadedConfig
+from scheduler.context import ServiceContext
+from scheduler.engine import Engine
+from scheduler.schedules import Schedule
+from scheduler.service import load_and_validate
+from scheduler.settings import Settings
+from scheduler.store.db import make_engine, upgrade
+from scheduler.store.runs import RunRow
 
 REPO = Path(__file__).resolve().parent.parent
 
