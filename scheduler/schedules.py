@@ -52,7 +52,9 @@ class Schedule:
         if self.cron:
             return f"cron {self.cron} ({self.timezone})"
         if self.interval is not None:
-            return f"every {self.interval}"
+            from scheduler.durations import format_duration
+
+            return f"every {format_duration(self.interval)}"
         assert self.at is not None
         return f"once at {self.at.astimezone(self.tz):%Y-%m-%d %H:%M %Z}"
 

@@ -24,7 +24,7 @@ def fmt_time(value: datetime | None) -> str:
 def schedule_table(engine: Engine) -> Table:
     table = Table(title="Schedule", title_justify="left")
     for column in ("job", "kind", "when", "next fire"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     next_times = engine.next_fire_times()
     for key in sorted(engine.specs, key=lambda k: (next_times[k] is None, next_times[k], k)):
         spec = engine.specs[key]
