@@ -49,14 +49,14 @@ def valid_address(address: str) -> bool:
     return len(address) <= 254 and _ADDRESS.match(address) is not None and ".." not in address
 
 
-def encode_words(value: str) -> str:
+def encode_words(value: str, word_bytes: int = _WORD_BYTES) -> str:
     """RFC 2047 base64 encoded-words, split on character boundaries, folded with CRLF SP."""
     words: list[str] = []
     chunk: list[str] = []
     size = 0
     for char in value:
         n = len(char.encode("utf-8"))
-        if size + n > _WORD_BYTES and chunk:
+        if size + n > word_bytes and chunk:
             words.append("".join(chunk))
             chunk, size = [], 0
         chunk.append(char)
@@ -95,7 +95,9 @@ def format_address(display: str | None, address: str) -> str:
             and "=?" not in display):
         quoted = display.replace("\\", "\\\\").replace('"', '\\"')
         return f'"{quoted}" <{address}>'
-    return f"{encode_words(display)} <{address}>"
+    # One encoded-word for a phrase: parsers (the stdlib's included) put a space between
+    # adjacent encoded-words in a display name, which would change the name.
+    return f"{encode_words(display, word_bytes=600)} <{address}>"
 
 
 def parse_mailbox(text: str) -> tuple[str, str]:
