@@ -75,7 +75,7 @@ def test_martech_run_fires_a_job_and_stops_on_sigterm(tmp_path: Path) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, stderr
-    assert "Schedule" in stdout and "minutely" in stdout and "every 0:01:00" in stdout
+    assert "Schedule" in stdout and "minutely" in stdout and "every 1m" in stdout
     assert "Health checks" in stdout and "website" in stdout
     assert "run done" in stderr and "stopped" in stderr
     engine = make_engine(env["MARTECH_DATABASE_URL"])
