@@ -1,0 +1,220 @@
+"""Newsletter sending end to end against a real aiosmtpd, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from jobs.newsletter import send_run
+from jobs.newsletter_probe import probe_once
+from scheduler.delivery.tokens import Signer, verify_unsubscribe
+from scheduler.store import pauses
+from scheduler.store import suppressions as suppression_store
+from scheduler.store.tables import deliveries, runs, tracking_events
+from tests.newsletter_fixtures import claim_run, context_for, settings_for, write_config
+from tests.smtp_server import RecordingHandler, SmtpServer
+
+RECIPIENTS = [f"user{i}@example.com" for i in range(25)]
+
+
+def _ledger(ctx, run_id: int) -> dict[str, tuple[str, int, str | None]]:  # type: ignore[no-untyped-def]
+    with ctx.begin() as conn:
+        rows = conn.execute(sa.select(deliveries.c.recipient, deliveries.c.status,
+                                      deliveries.c.attempts, deliveries.c.message_id)
+                            .where(deliveries.c.run_id == run_id)).all()
+    return {r.recipient: (r.status, r.attempts, r.message_id) for r in rows}
+
+
+async def test_every_recipient_received_once_with_correct_headers(
+        tmp_path: Path, db_url: str, t0: datetime) -> None:
+    write_config(tmp_path, rows=RECIPIENTS)
+    with SmtpServer() as server:
+        ctx = context_for(settings_for(tmp_path, db_url, port=server.port))
+        run_id = claim_run(ctx, t0)
+        result = await send_run(ctx, ctx.config.campaigns["news"], run_id, on_pause="return")
+    assert result.status == "done", result.detail
+    assert result.stats["sent"] == 25 and result.stats["total"] == 25
+    assert server.per_recipient() == {r: 1 for r in RECIPIENTS}
+    ledger = _ledger(ctx, run_id)
+    assert {s for s, _a, _m in ledger.values()} == {"sent"}
+    signer = Signer("test-secret")
+    for item in server.received:
+        msg = item.parsed()
+        rcpt = item.rcpt_tos[0]
+        index = RECIPIENTS.index(rcpt)
+        assert item.mail_from == "news@acme.example"
+        assert msg["To"] == rcpt
+        assert msg["Subject"] == f"Hello Name{index} — news"
+        assert msg["From"] == "Acme News <news@acme.example>"
+        assert msg["Message-ID"] == f"<{ledger[rcpt][2]}>"
+        assert msg["Precedence"] == "bulk"
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        https, mailto = [u.strip(" <>") for u in msg["List-Unsubscribe"].split(",")]
+        assert https.startswith("https://mt.acme.example/unsubscribe/")
+        assert mailto.startswith("mailto:unsubscribe@acme.example?subject=unsubscribe")
+        assert verify_unsubscribe(signer, https.rsplit("/", 1)[1]) == ("news", rcpt)
+        html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        assert f"Hello Name{index}," in html and 'style="color: #123456;"' in html
+        utm = "utm_source=nl&utm_medium=email&utm_campaign=news"
+        assert f"https://acme.example/news?{utm.replace('&', '&amp;')}" in html
+        text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        assert f"News (https://acme.example/news?{utm})" in text
+    ctx.db.dispose()
+
+
+async def test_relay_faults_are_classified_retried_and_suppressed(
+        tmp_path: Path, db_url: str, t0: datetime) -> None:
+    handler = RecordingHandler(
+        faults={"always4xx@example.com": "4xx", "policy@example.com": "5xx",
+                "ghost@example.com": "hard"},
+        fault_once={"flaky@example.com": "4xx", "drop@example.com": "disconnect",
+                    "slow@example.com": "slow"},
+        slow_s=2.5)
+    special = ["always4xx@example.com", "policy@example.com", "ghost@example.com",
+               "flaky@example.com", "drop@example.com", "slow@example.com"]
+    write_config(tmp_path, rows=[*special, *RECIPIENTS[:5]])
+    with SmtpServer(handler) as server:
+        ctx = context_for(settings_for(tmp_path, db_url, port=server.port,
+                                       smtp_timeout_s=0.5))
+        run_id = claim_run(ctx, t0)
+        result = await send_run(ctx, ctx.config.campaigns["news"], run_id, on_pause="return")
+    assert result.status == "done"
+    ledger = _ledger(ctx, run_id)
+    assert ledger["always4xx@example.com"][:2] == ("failed", 3)  # max_attempts
+    assert ledger["policy@example.com"][:2] == ("failed", 1)  # 5xx: never retried
+    assert ledger["ghost@example.com"][:2] == ("bounced", 1)
+    assert ledger["flaky@example.com"][:2] == ("sent", 2)
+    assert ledger["drop@example.com"][:2] == ("sent", 2)
+    assert ledger["slow@example.com"][0] == "sent" and ledger["slow@example.com"][1] >= 2
+    counts = server.per_recipient()
+    assert counts["flaky@example.com"] == 1 and counts["drop@example.com"] == 1
+    assert "policy@example.com" not in counts and "ghost@example.com" not in counts
+    assert all(counts[r] == 1 for r in RECIPIENTS[:5])
+    assert result.stats["bounced"] == 1 and result.stats["failed"] == 2
+    with ctx.begin() as conn:
+        assert suppression_store.reason_of(conn, "ghost@example.com") == "hard_bounce"
+        kinds = sorted(r.kind for r in conn.execute(
+            sa.select(tracking_events.c.kind).where(tracking_events.c.run_id == run_id)))
+    assert kinds == ["bounced", "failed", "failed"]
+    ctx.db.dispose()
+
+
+async def test_invalid_duplicate_and_suppressed_rows_are_skipped_and_counted(
+        tmp_path: Path, db_url: str, t0: datetime) -> None:
+    csv_text = ("email,first_name\n a@example.com ,A\nnot-an-address,X\nA@EXAMPLE.COM,dup\n"
+                "gone@example.com,G\nb@example.com,B\n,empty\nc@@example.com,C\n")
+    write_config(tmp_path, csv_text=csv_text)
+    with SmtpServer() as server:
+        ctx = context_for(settings_for(tmp_path, db_url, port=server.port))
+        with ctx.begin() as conn:
+            suppression_store.add(conn, "Gone@example.com", "unsubscribed", t0)
+        run_id = claim_run(ctx, t0)
+        result = await send_run(ctx, ctx.config.campaigns["news"], run_id, on_pause="return")
+    s = result.stats
+    assert (s["audience_rows"], s["invalid"], s["duplicates"], s["suppressed"], s["sent"]) == \
+        (7, 3, 1, 1, 2)
+    assert server.per_recipient() == {"a@example.com": 1, "b@example.com": 1}
+    assert _ledger(ctx, run_id)["gone@example.com"][0] == "skipped"
+    ctx.db.dispose()
+
+
+async def test_error_budget_pauses_the_campaign(tmp_path: Path, db_url: str,
+                                                t0: datetime) -> None:
+    bad = [f"bad{i}@example.com" for i in range(40)]
+    handler = RecordingHandler(faults={b: "5xx" for b in bad})
+    write_config(tmp_path, rows=bad, budget={"window": 10, "max_failure_ratio": 0.5})
+    with SmtpServer(handler) as server:
+        ctx = context_for(settings_for(tmp_path, db_url, port=server.port))
+        run_id = claim_run(ctx, t0)
+        result = await send_run(ctx, ctx.config.campaigns["news"], run_id, on_pause="return")
+    assert result.status == "held"
+    with ctx.begin() as conn:
+        assert [p.reason for p in pauses.reasons(conn, "news")] == [pauses.ERROR_BUDGET]
+    # Stopped after the first batch that filled the window: the rest is still pending.
+    statuses = [s for s, _a, _m in _ledger(ctx, run_id).values()]
+    assert statuses.count("failed") == 10 and statuses.count("pending") == 30
+    ctx.db.dispose()
+
+
+async def test_unreachable_relay_pauses_without_burning_the_list(
+        tmp_path: Path, db_url: str, t0: datetime) -> None:
+    write_config(tmp_path, rows=RECIPIENTS[:12])
+    with SmtpServer() as dead:
+        dead_port = dead.port
+    ctx = context_for(settings_for(tmp_path, db_url, port=dead_port))
+    run_id = claim_run(ctx, t0)
+    result = await send_run(ctx, ctx.config.campaigns["news"], run_id, on_pause="return")
+    assert result.status == "held"
+    assert set(_ledger(ctx, run_id).values()) == {("pending", 0, v[2])
+                                                  for v in _ledger(ctx, run_id).values()}
+    with ctx.begin() as conn:
+        assert [p.reason for p in pauses.reasons(conn, "news")] == [pauses.SMTP_UNREACHABLE]
+    assert await probe_once(ctx) == []  # still down: the pause stays
+    with SmtpServer() as server:
+        ctx.settings = settings_for(tmp_path, db_url, port=server.port)
+        assert await probe_once(ctx) == ["news"]
+        result = await send_run(ctx, ctx.config.campaigns["news"], run_id, on_pause="return")
+    assert result.status == "done"
+    assert server.per_recipient() == {r: 1 for r in RECIPIENTS[:12]}
+    ctx.db.dispose()
+
+
+async def test_manual_pause_stops_within_one_batch_and_resume_continues(
+        tmp_path: Path, db_url: str, t0: datetime) -> None:
+    write_config(tmp_path, rows=RECIPIENTS)
+    with SmtpServer() as server:
+        ctx = context_for(settings_for(tmp_path, db_url, port=server.port))
+        run_id = claim_run(ctx, t0)
+        batches: list[int] = []
+
+        def on_progress(p) -> None:  # type: ignore[no-untyped-def]
+            batches.append(p.done)
+            if p.done and len(batches) == 2:  # after the first batch: a marketer pauses
+                with ctx.begin() as conn:
+                    pauses.add(conn, "news", pauses.MANUAL, t0, detail="hold on")
+
+        held = await send_run(ctx, ctx.config.campaigns["news"], run_id, on_pause="return",
+                              progress=on_progress)
+        assert held.status == "held"
+        assert len(server.received) == 10  # one batch
+        with ctx.begin() as conn:
+            pauses.remove(conn, "news", pauses.MANUAL, t0)
+        done = await send_run(ctx, ctx.config.campaigns["news"], run_id, on_pause="return")
+    assert done.status == "done"
+    assert server.per_recipient() == {r: 1 for r in RECIPIENTS}
+    ctx.db.dispose()
+
+
+async def test_crash_leftovers_follow_the_delivery_policy(
+        tmp_path: Path, db_url: str, t0: datetime) -> None:
+    for policy, expect in (("at_most_once", "unknown"), ("at_least_once", "sent")):
+        root = tmp_path / policy
+        write_config(root, rows=RECIPIENTS[:6], send={"delivery": policy})
+        with SmtpServer() as server:
+            ctx = context_for(settings_for(root, db_url, port=server.port))
+            run_id = claim_run(ctx, t0 + timedelta(minutes=len(policy)))
+            ctx.stopping.set()  # materialise only, then "crash" with two rows mid-send
+            await send_run(ctx, ctx.config.campaigns["news"], run_id, on_pause="return")
+            with ctx.begin() as conn:
+                conn.execute(sa.update(deliveries).where(
+                    deliveries.c.run_id == run_id,
+                    deliveries.c.recipient.in_(RECIPIENTS[:2])).values(status="sending",
+                                                                        attempts=1))
+            ctx.stopping.clear()
+            result = await send_run(ctx, ctx.config.campaigns["news"], run_id,
+                                    on_pause="return")
+        ledger = _ledger(ctx, run_id)
+        assert result.status == "done"
+        assert [ledger[r][0] for r in RECIPIENTS[:2]] == [expect, expect]
+        assert result.stats["unknown"] == (2 if policy == "at_most_once" else 0)
+        expected_at_server = {r: 1 for r in RECIPIENTS[2:6]}
+        if policy == "at_least_once":
+            expected_at_server.update({r: 1 for r in RECIPIENTS[:2]})
+            ids = {item.parsed()["Message-ID"] for item in server.received}
+            assert {f"<{ledger[r][2]}>" for r in RECIPIENTS[:2]} <= ids
+        assert server.per_recipient() == expected_at_server
+        with ctx.begin() as conn:
+            assert conn.execute(sa.select(runs.c.stats).where(runs.c.id == run_id)).scalar()
+        ctx.db.dispose()
