@@ -17,7 +17,8 @@ from scheduler.store.runs import Claim
 
 HTML = """<html><head><style>p { color: #123456; }</style></head><body>
 <p>Hello {{ first_name }},</p>
-<p><a href="https://acme.example/news">News</a> · <a href="{{ unsubscribe_url }}">Unsubscribe</a></p>
+<p><a href="https://acme.example/news">News</a> ·
+<a href="{{ unsubscribe_url }}">Unsubscribe</a></p>
 </body></html>
 """
 
@@ -33,7 +34,8 @@ def write_config(root: Path, *, rows: list[str] | None = None, csv_text: str | N
     templates.mkdir(parents=True, exist_ok=True)
     (templates / "news.html").write_text(html, encoding="utf-8")
     if csv_text is None:
-        csv_text = "email,first_name\n" + "".join(f"{r},Name{i}\n" for i, r in enumerate(rows or []))
+        lines = (f"{r},Name{i}\n" for i, r in enumerate(rows or []))
+        csv_text = "email,first_name\n" + "".join(lines)
     (config / "audiences" / "list.csv").write_text(csv_text, encoding="utf-8")
     campaign: dict[str, Any] = {
         "name": "news", "kind": "newsletter", "schedule": {"cron": "0 9 * * MON"},
