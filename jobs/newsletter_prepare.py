@@ -5,7 +5,7 @@ Everything here is done once per run; :func:`compose` is the per-recipient path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -75,6 +75,10 @@ class Prepared:
     base_url: str | None
     mailto: str
     builder: MessageBuilder
+    base_variables: dict[str, Any] = field(default_factory=dict)  # globals + context
+
+    def __post_init__(self) -> None:
+        self.base_variables = {**self.templates.globals, **self.context}
 
     def unsubscribe_links(self, email: str) -> tuple[str, list[str]]:
         """``(url for the template, List-Unsubscribe entries)``."""
@@ -87,7 +91,7 @@ class Prepared:
 
     def variables(self, email: str, row: dict[str, Any] | None, unsubscribe_url: str
                   ) -> dict[str, Any]:
-        out = dict(self.context)
+        out = {**self.templates.globals, **self.context}
         out.update(row or {})
         out.update(email=email, unsubscribe_url=unsubscribe_url, campaign=self.campaign.name)
         return out
@@ -115,7 +119,11 @@ def prepare(campaign: NewsletterCampaign, config: LoadedConfig, settings: Settin
 def compose(prepared: Prepared, row: DeliveryRow) -> OutgoingMessage:
     """The per-recipient path: render, then join the precomputed header block."""
     url, links = prepared.unsubscribe_links(row.recipient)
-    rendered = prepared.templates.render(prepared.variables(row.recipient, row.variables, url))
+    variables = prepared.base_variables.copy()
+    if row.variables:
+        variables.update(row.variables)
+    variables.update(email=row.recipient, unsubscribe_url=url, campaign=prepared.campaign.name)
+    rendered = prepared.templates.render(variables, has_globals=True)
     message_id = row.message_id or prepared.builder.message_id(row.id)
     return prepared.builder.build(to=row.recipient, subject=rendered.subject, text=rendered.text,
                                   html=rendered.html, message_id=message_id,

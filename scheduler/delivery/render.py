@@ -25,6 +25,7 @@ import jinja2
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
 
 from scheduler.errors import TemplateError
 
@@ -173,12 +174,13 @@ def _error_line(exc: BaseException, template_name: str) -> int | None:
     return line
 
 
-def make_environment(templates_dir: Path | None, *, html: bool) -> ImmutableSandboxedEnvironment:
+def make_environment(templates_dir: Path | None, *, html: bool,
+                     finalize: Callable[[Any], Any] | None = None
+                     ) -> ImmutableSandboxedEnvironment:
     loader = jinja2.FileSystemLoader(str(templates_dir)) if templates_dir else None
-    env = ImmutableSandboxedEnvironment(
+    return ImmutableSandboxedEnvironment(
         loader=loader, autoescape=html, undefined=StrictUndefined, keep_trailing_newline=True,
-        auto_reload=False)
-    return env
+        auto_reload=False, finalize=finalize)
 
 
 @dataclass
@@ -197,12 +199,13 @@ class CampaignTemplates:
         self.name = template
         self.html_name = f"{template}.html"
         self.text_name = f"{template}.txt"
-        self.html_env = make_environment(templates_dir, html=True)
-        self.text_env = make_environment(templates_dir, html=False)
         self.utm = UtmTagger(utm or {}, skip_utm_prefixes)
-        self.subject_tpl = self._compile(self.text_env, subject, "subject")
+        self.html_env = make_environment(templates_dir, html=True, finalize=self._finalize)
+        self.text_env = make_environment(templates_dir, html=False, finalize=self._finalize)
+        subject_env = make_environment(None, html=False)
+        self.subject_tpl = self._compile(subject_env, subject, "subject")
         self.subject_const: str | None = None
-        if not meta.find_undeclared_variables(self.text_env.parse(subject)):
+        if not meta.find_undeclared_variables(subject_env.parse(subject)):
             self.subject_const = self._render(self.subject_tpl, {}, "subject").strip()
 
         html_path = templates_dir / self.html_name
@@ -212,11 +215,15 @@ class CampaignTemplates:
             raise TemplateError(self.html_name, f"cannot read template: {exc}") from exc
         # The original, for error messages with the marketer's own line numbers.
         self.html_original = self._compile(self.html_env, html_source, self.html_name)
-        self.html_tpl = self.html_original
+        # Links written in the template get their UTM once, here; links that come from
+        # variables get theirs in ``_finalize`` (a cached lookup per printed value).
+        protected, tags = _protect(html_source)
+        tagged = self.utm.html(protected)
+        self.html_tpl = self._compile(self.html_env, _restore(tagged, tags) or html_source,
+                                      self.html_name)
         self.inline_per_recipient = False
         if inline and "<style" in html_source.lower():
-            protected, tags = _protect(html_source)
-            restored = _restore(inline_css(protected), tags)
+            restored = _restore(inline_css(tagged), tags)
             if restored is None:
                 self.inline_per_recipient = True
             else:
@@ -226,15 +233,29 @@ class CampaignTemplates:
         self.derive_text_per_recipient = False
         text_path = templates_dir / self.text_name
         if text_path.exists():
-            self.text_tpl = self._compile(self.text_env, text_path.read_text(encoding="utf-8"),
-                                          self.text_name)
+            text_source = text_path.read_text(encoding="utf-8")
+            self._compile(self.text_env, text_source, self.text_name)  # errors: own lines
+            protected_text, text_tags = _protect(text_source)
+            restored_text = _restore(self.utm.text(protected_text), text_tags) or text_source
+            self.text_tpl = self._compile(self.text_env, restored_text, self.text_name)
         else:
-            protected, tags = _protect(html_source)
-            restored = _restore(html_to_text(protected), tags)
+            restored = _restore(html_to_text(tagged), tags)
             if restored is None:
                 self.derive_text_per_recipient = True
             else:
                 self.text_tpl = self._compile(self.text_env, restored, self.text_name)
+        # Jinja's globals (range, cycler, …) merged once: rendering then shares the caller's
+        # variables dict instead of copying globals + variables for every recipient.
+        self.globals = dict(self.html_env.globals)
+
+    def _finalize(self, value: Any) -> Any:
+        if isinstance(value, str) and "http" in value:
+            if isinstance(value, Markup):
+                return Markup(self.utm.html(str(value)))
+            if value.startswith(("http://", "https://")) and " " not in value:
+                return self.utm.url(value)
+            return self.utm.text(value)
+        return value
 
     @staticmethod
     def _compile(env: jinja2.Environment, source: str, name: str) -> jinja2.Template:
@@ -246,7 +267,15 @@ class CampaignTemplates:
     @staticmethod
     def _render(template: jinja2.Template, variables: Mapping[str, Any], name: str) -> str:
         try:
-            return template.render(variables)
+            try:
+                # Template.render() minus two dict copies: ``variables`` already holds the
+                # globals (see ``self.globals``) and is never mutated by a sandboxed template.
+                ctx = template.new_context(dict(variables) if not isinstance(variables, dict)
+                                           else variables, shared=True)
+                return "".join(template.root_render_func(ctx))
+            except Exception:
+                template.environment.handle_exception()  # re-raises, traceback on template lines
+                raise
         except SecurityError as exc:
             raise TemplateError(name, f"refused by the sandbox: {exc}",
                                 _error_line(exc, name)) from exc
@@ -264,7 +293,11 @@ class CampaignTemplates:
             return self.subject_const
         return self._render(self.subject_tpl, variables, "subject").strip()
 
-    def render(self, variables: Mapping[str, Any]) -> Rendered:
+    def render(self, variables: Mapping[str, Any], *, has_globals: bool = False) -> Rendered:
+        """``has_globals``: the caller built ``variables`` on top of ``self.globals`` (the
+        per-recipient fast path); otherwise they are merged here."""
+        if not has_globals:
+            variables = {**self.globals, **variables}
         subject = self.render_subject(variables)
         html = self._render(self.html_tpl, variables, self.html_name)
         if self.inline_per_recipient:
@@ -273,12 +306,13 @@ class CampaignTemplates:
             text = self._render(self.text_tpl, variables, self.text_name)
         else:
             text = html_to_text(html)
-        return Rendered(subject, self.utm.html(html), self.utm.text(text))
+        return Rendered(subject, html, text)
 
     def check(self, variables: Mapping[str, Any]) -> Rendered:
         """Render against the *original* sources so errors carry the marketer's line numbers."""
+        variables = {**self.globals, **variables}
         self._render(self.html_original, variables, self.html_name)
-        return self.render(variables)
+        return self.render(variables, has_globals=True)
 
 
 TemplateFactory = Callable[[], CampaignTemplates]
