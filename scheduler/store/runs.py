@@ -75,11 +75,11 @@ def claim(conn: sa.Connection, claims: Sequence[Claim], node: str, now: datetime
         .on_conflict_do_nothing()
         .returning(runs.c.id, runs.c.schedule_key, runs.c.scheduled_at)
     )
-    # Chunked: SQLite caps bound parameters per statement.
-    for start in range(0, len(rows), 500):
-        result = conn.execute(stmt.values(rows[start:start + 500]))
-        for row in result:
-            won[(row.schedule_key, _utc(row.scheduled_at))] = row.id
+    # executemany: one statement compiled (and cached) once; SQLAlchemy batches the rows
+    # into multi-row INSERTs ("insertmanyvalues") within the driver's parameter limit. A
+    # `.values(rows)` statement would be compiled afresh per call (~0.5 s per 1,000 rows).
+    for row in conn.execute(stmt, rows):
+        won[(row.schedule_key, _utc(row.scheduled_at))] = row.id
     return won
 
 
@@ -115,8 +115,7 @@ def advance_cursors(conn: sa.Connection, moves: dict[str, tuple[str, datetime]],
             "updated_at": base.excluded.updated_at,
         },
     )
-    for start in range(0, len(rows), 500):
-        conn.execute(stmt.values(rows[start:start + 500]))
+    conn.execute(stmt, rows)  # executemany of one cached statement (see claim)
 
 
 def get(conn: sa.Connection, run_id: int) -> RunRow | None:
