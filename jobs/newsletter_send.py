@@ -22,7 +22,7 @@ from jobs.audiences import AudienceStats, iter_audience
 from jobs.base import RunResult
 from jobs.newsletter_prepare import Prepared, compose
 from scheduler.context import ServiceContext
-from scheduler.delivery.base import SendOutcome, Transport
+from scheduler.delivery.base import OutgoingMessage, SendOutcome, Transport
 from scheduler.delivery.ratelimit import RateLimiter
 from scheduler.errors import MartechError
 from scheduler.store import deliveries as ledger
@@ -224,18 +224,23 @@ class Sender:
         queue = iter(enumerate(batch))
         prepared, transport = self.prepared, self.transport
 
-        async def worker() -> None:
-            for index, row in queue:
-                try:
-                    message = compose(prepared, row)
-                except MartechError as exc:  # a template or header problem for this row
-                    outcomes[index] = SendOutcome(ok=False, error=str(exc)[:500],
-                                                  permanent=True)
-                    continue
-                outcomes[index] = await transport.send(message)
+        def build(job: tuple[int, ledger.DeliveryRow]) -> OutgoingMessage | SendOutcome:
+            try:
+                return compose(prepared, job[1])
+            except MartechError as exc:  # a template or header problem for this row
+                return SendOutcome(ok=False, error=str(exc)[:500], permanent=True)
 
-        workers = min(self.campaign.send.connections, len(batch))
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        def done(job: tuple[int, ledger.DeliveryRow], outcome: SendOutcome) -> None:
+            outcomes[job[0]] = outcome
+
+        send_all = getattr(transport, "send_all", None)
+        if send_all is not None:  # the SMTP pool: one puller per connection, pipelined
+            await send_all(queue, build, done)
+        else:
+            for job in queue:
+                built = build(job)
+                done(job, built if isinstance(built, SendOutcome)
+                     else await transport.send(built))
         return [(row, out or SendOutcome(ok=False, error="not attempted"))
                 for row, out in zip(batch, outcomes, strict=True)]
 

@@ -42,6 +42,7 @@ class RecordingHandler:
     faults: dict[str, str] = field(default_factory=dict)
     fault_once: dict[str, str] = field(default_factory=dict)
     slow_s: float = 5.0
+    pipelining: bool = True  # advertise PIPELINING (aiosmtpd reads commands in order anyway)
     received: list[Received] = field(default_factory=list)
     attempts: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -51,6 +52,13 @@ class RecordingHandler:
         if key in self.fault_once and self.attempts[key] == 1:
             return self.fault_once[key]
         return self.faults.get(key)
+
+    async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:

@@ -86,8 +86,9 @@ def test_classify_smtp_replies() -> None:
     assert policy.permanent and not policy.hard_bounce
 
 
-async def test_smtp_transport_delivers_and_classifies_faults() -> None:
-    handler = RecordingHandler(faults={"later@x.example": "4xx", "nope@x.example": "hard",
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+async def test_smtp_transport_delivers_and_classifies_faults(pipelining: bool) -> None:
+    handler = RecordingHandler(pipelining=pipelining, faults={"later@x.example": "4xx", "nope@x.example": "hard",
                                        "policy@x.example": "5xx"})
     with SmtpServer(handler) as server:
         transport = SmtpTransport(SmtpOptions("127.0.0.1", server.port, timeout_s=2),
@@ -98,6 +99,7 @@ async def test_smtp_transport_delivers_and_classifies_faults() -> None:
             nope = await transport.send(_note("nope@x.example"))
             policy = await transport.send(_note("policy@x.example"))
             again = await transport.send(_note("ok2@x.example"))  # connection still usable
+            pipes = len(transport._pipes)
         finally:
             await transport.close()
     assert ok.ok and again.ok
@@ -106,10 +108,12 @@ async def test_smtp_transport_delivers_and_classifies_faults() -> None:
     assert policy.code == 554 and policy.permanent and not policy.hard_bounce
     assert server.per_recipient() == {"ok@x.example": 1, "ok2@x.example": 1}
     assert server.received[0].parsed()["Subject"] == "Website is DOWN — ça arrive"
+    assert (pipes > 0) == pipelining
 
 
-async def test_smtp_disconnect_and_slow_server_are_transient() -> None:
-    handler = RecordingHandler(faults={"drop@x.example": "disconnect",
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+async def test_smtp_disconnect_and_slow_server_are_transient(pipelining: bool) -> None:
+    handler = RecordingHandler(pipelining=pipelining, faults={"drop@x.example": "disconnect",
                                        "slow@x.example": "slow"}, slow_s=3.0)
     with SmtpServer(handler) as server:
         transport = SmtpTransport(SmtpOptions("127.0.0.1", server.port, timeout_s=0.3),
@@ -132,3 +136,28 @@ async def test_smtp_unreachable_is_flagged() -> None:
     outcome = await transport.send(_note())
     await transport.close()
     assert not outcome.ok and outcome.unreachable
+
+
+async def test_pipelined_batch_over_several_connections_keeps_every_message_intact() -> None:
+    handler = RecordingHandler(faults={"m7@x.example": "5xx", "m13@x.example": "hard"})
+    messages = [build_notification(from_="a@acme.example", to=f"m{i}@x.example",
+                                   subject=f"n{i}", text=f".leading dot {i}\n..\n.")
+                for i in range(40)]
+    outcomes: dict[str, object] = {}
+    with SmtpServer(handler) as server:
+        transport = SmtpTransport(SmtpOptions("127.0.0.1", server.port, timeout_s=2),
+                                  connections=4)
+        try:
+            await transport.send_all(iter(messages), lambda m: m,
+                                     lambda m, out: outcomes.__setitem__(m.recipients[0], out))
+            assert len(transport._pipes) == 4  # every connection switched to pipelining
+        finally:
+            await transport.close()
+    assert len(outcomes) == 40
+    failed = sorted(r for r, out in outcomes.items() if not out.ok)  # type: ignore[attr-defined]
+    assert failed == ["m13@x.example", "m7@x.example"]
+    assert len(server.received) == 38 and max(server.per_recipient().values()) == 1
+    for item in server.received:
+        body = item.parsed().get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        n = item.rcpt_tos[0][1:].split("@")[0]
+        assert body.replace("\r\n", "\n") == f".leading dot {n}\n..\n.\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from jobs.newsletter import send_run
@@ -64,9 +65,10 @@ async def test_every_recipient_received_once_with_correct_headers(
     ctx.db.dispose()
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
 async def test_relay_faults_are_classified_retried_and_suppressed(
-        tmp_path: Path, db_url: str, t0: datetime) -> None:
-    handler = RecordingHandler(
+        tmp_path: Path, db_url: str, t0: datetime, pipelining: bool) -> None:
+    handler = RecordingHandler(pipelining=pipelining,
         faults={"always4xx@example.com": "4xx", "policy@example.com": "5xx",
                 "ghost@example.com": "hard"},
         fault_once={"flaky@example.com": "4xx", "drop@example.com": "disconnect",

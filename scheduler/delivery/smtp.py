@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiosmtplib
 
 from scheduler.delivery.base import OutgoingMessage, SendOutcome
+from scheduler.delivery.smtp_pipeline import ConnectionLost, PipeProtocol, pipeline
 from scheduler.settings import Settings, SmtpSecurity
 
+J = TypeVar("J")
 _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
@@ -49,9 +53,12 @@ def classify(code: int | None, text: str) -> SendOutcome:
 class SmtpTransport:
     name = "smtp"
 
-    def __init__(self, options: SmtpOptions, *, connections: int = 1) -> None:
+    def __init__(self, options: SmtpOptions, *, connections: int = 1,
+                 pipelining: bool = True) -> None:
         self.options = options
         self.size = max(1, connections)
+        self.pipelining = pipelining
+        self._pipes: dict[int, PipeProtocol] = {}
         self._idle: asyncio.Queue[aiosmtplib.SMTP] | None = None
         self._all: list[aiosmtplib.SMTP] = []
 
@@ -105,15 +112,83 @@ class SmtpTransport:
         return None
 
     async def send(self, message: OutgoingMessage) -> SendOutcome:
+        outcomes: list[SendOutcome] = []
+        await self.send_all(iter([message]), lambda m: m, lambda _m, out: outcomes.append(out),
+                            workers=1)
+        return outcomes[0]
+
+    async def send_all(self, jobs: Iterator[J], build: Callable[[J], OutgoingMessage | SendOutcome],
+                       done: Callable[[J, SendOutcome], None], *, workers: int | None = None
+                       ) -> None:
+        """Send every job of the shared iterator over the pool; ``done`` gets each outcome.
+
+        Each connection pulls the next job when it is free, so a slow link never holds up the
+        others. Jobs left when no connection can be opened get an ``unreachable`` outcome.
+        """
         pool = self._pool()
-        client = await pool.get()
-        try:
+
+        async def worker() -> SendOutcome | None:
+            client = await pool.get()
+            try:
+                return await self._work(client, jobs, build, done)
+            finally:
+                pool.put_nowait(client)
+
+        count = min(workers or self.size, self.size)
+        results = await asyncio.gather(*(worker() for _ in range(count)))
+        failure = next((r for r in results if r is not None), None)
+        if failure is not None:
+            for job in jobs:  # nobody could connect: hand the rest back untouched
+                done(job, failure)
+
+    async def _work(self, client: aiosmtplib.SMTP, jobs: Iterator[J],
+                    build: Callable[[J], OutgoingMessage | SendOutcome],
+                    done: Callable[[J, SendOutcome], None]) -> SendOutcome | None:
+        while True:
             failed = await self._ensure_connected(client)
             if failed is not None:
                 return failed
-            return await self._send_on(client, message)
-        finally:
-            pool.put_nowait(client)
+            pipe = self._pipe_for(client)
+            if pipe is not None:
+                try:
+                    await pipeline(pipe, jobs, build, done, timeout_s=self.options.timeout_s,
+                                   classify=classify)
+                    return None
+                except ConnectionLost:
+                    self._drop(client)
+                    continue  # reconnect and carry on with the next jobs
+            for job in jobs:
+                built = build(job)
+                if isinstance(built, SendOutcome):
+                    done(job, built)
+                    continue
+                done(job, await self._send_on(client, built))
+                if not client.is_connected:
+                    break
+            else:
+                return None
+
+    def _pipe_for(self, client: aiosmtplib.SMTP) -> PipeProtocol | None:
+        """The pipelining protocol on this connection, taking it over from aiosmtplib once."""
+        pipe = self._pipes.get(id(client))
+        if pipe is not None:
+            return pipe
+        if not self.pipelining or "pipelining" not in client.esmtp_extensions:
+            return None
+        transport = client.transport
+        if transport is None:
+            return None
+        pipe = PipeProtocol()
+        pipe.transport = transport  # type: ignore[assignment]
+        transport.set_protocol(pipe)
+        self._pipes[id(client)] = pipe
+        return pipe
+
+    def _drop(self, client: aiosmtplib.SMTP) -> None:
+        pipe = self._pipes.pop(id(client), None)
+        if pipe is not None and pipe.transport is not None:
+            pipe.transport.close()
+        client.close()
 
     async def _send_on(self, client: aiosmtplib.SMTP, message: OutgoingMessage) -> SendOutcome:
         """One MAIL/RCPT/DATA transaction with the timeout on every step.
@@ -160,7 +235,15 @@ class SmtpTransport:
 
     async def close(self) -> None:
         for client in self._all:
-            if client.is_connected:
+            pipe = self._pipes.get(id(client))
+            if pipe is not None:
+                try:
+                    pipe.write(b"QUIT\r\n")
+                    await pipe.read(1, self.options.timeout_s)
+                except ConnectionLost:
+                    pass
+                self._drop(client)
+            elif client.is_connected:
                 try:
                     await asyncio.wait_for(client.quit(), self.options.timeout_s)
                 except (aiosmtplib.SMTPException, OSError, TimeoutError):
