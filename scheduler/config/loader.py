@@ -10,7 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from scheduler.config.campaigns import Campaign, ReportCampaign
 from scheduler.config.checks import ChecksFile
-from scheduler.config.yaml_lines import PathKey, YamlDocument, load_yaml
+from scheduler.config.yaml_lines import PathKey, YamlDocument, gc_paused, load_yaml
 from scheduler.errors import ConfigError, Problem
 
 _CAMPAIGN = TypeAdapter(Campaign)
@@ -19,8 +19,17 @@ _KINDS = ("newsletter", "post_reminder", "report")
 
 @dataclass(frozen=True)
 class Source:
+    """Where a campaign is defined. The line is looked up when asked for: finding it means
+    composing the file again, which a configuration without problems never needs."""
+
     file: str
-    line: int | None
+    known_line: int | None = None
+    doc: YamlDocument | None = field(default=None, compare=False, repr=False)
+    path: PathKey = field(default=(), compare=False, repr=False)
+
+    @property
+    def line(self) -> int | None:
+        return self.doc.line_of(self.path) if self.doc is not None else self.known_line
 
 
 @dataclass
@@ -108,7 +117,12 @@ def load_config(config_dir: Path) -> LoadedConfig:
 
     :raises ConfigError: listing every problem found, each as ``file:line: field: message``.
     """
-    config_dir = Path(config_dir)
+    # Thousands of fresh, acyclic objects (data, models): the cyclic GC would only re-walk them.
+    with gc_paused():
+        return _load_config(Path(config_dir))
+
+
+def _load_config(config_dir: Path) -> LoadedConfig:
     problems: list[Problem] = []
     loaded = LoadedConfig(config_dir=config_dir)
     if not config_dir.is_dir():
@@ -169,15 +183,14 @@ def _add_campaign(
     except ValidationError as exc:
         problems.extend(validation_problems(doc, exc, base))
         return
-    line = doc.line_of((*base, "name"))
     if campaign.name in loaded.campaigns:
         first = loaded.sources[campaign.name]
-        problems.append(Problem(doc.file, line, "name",
+        problems.append(Problem(doc.file, doc.line_of((*base, "name")), "name",
                                 f"duplicate campaign name {campaign.name!r} "
                                 f"(first defined at {first.file}:{first.line})"))
         return
     loaded.campaigns[campaign.name] = campaign
-    loaded.sources[campaign.name] = Source(doc.file, line)
+    loaded.sources[campaign.name] = Source(doc.file, doc=doc, path=(*base, "name"))
     loaded.documents[campaign.name] = (doc, base)
 
 

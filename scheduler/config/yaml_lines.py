@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,6 @@ import yaml
 from scheduler.errors import Problem
 
 PathKey = tuple[str | int, ...]
-
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -32,47 +34,124 @@ YamlLoader.add_implicit_resolver(
     list("tTfF"),
 )
 
+class _DuplicateFlag:
+    """Notices equal sibling keys while constructing, so the happy path keeps no node tree.
+
+    Only a flag: the exact report (lines, paths) comes from re-composing the file with line
+    bookkeeping, which happens only when something is wrong.
+    """
+
+    duplicate_keys = False
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep)  # type: ignore[misc]
+        # After flattening merges, as _record_lines sees them; same key text as it compares.
+        keys = [k.value if isinstance(k, yaml.ScalarNode) else id(k) for k, _v in node.value]
+        if len(keys) != len(mapping) or len(set(keys)) != len(keys):
+            self.duplicate_keys = True
+        return mapping
+
+
+class _CheckedLoader(_DuplicateFlag, YamlLoader):
+    pass
+
+
 # libyaml (when PyYAML was built with it) parses ~10x faster: 10,000 schedules must load in
 # well under a second. Same resolvers as YamlLoader, so both give identical data.
 _FastBase: Any = getattr(yaml, "CSafeLoader", None)
 FastYamlLoader: Any = None
+_CheckedFastLoader: Any = None
 if _FastBase is not None:
     FastYamlLoader = type("FastYamlLoader", (_FastBase,), {
         "yaml_implicit_resolvers": YamlLoader.yaml_implicit_resolvers})
+    _CheckedFastLoader = type("_CheckedFastLoader", (_DuplicateFlag, FastYamlLoader), {})
 
 
-def _parse(text: str) -> tuple[yaml.Node | None, Any]:
-    """Compose once and construct the data from that same node tree (one parse, not two)."""
-    loader = (FastYamlLoader or YamlLoader)(text)
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold the cyclic garbage collector while building a big tree of fresh objects.
+
+    Every few hundred allocations the collector walks the young objects, and ever more often
+    the old ones: for a 10,000-schedule file that was ~60% of the load time. The trees built
+    here (nodes, dicts, lists, models) hold no reference cycles for it to find.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _parse(text: str) -> tuple[Any, bool]:
+    """The data of ``text`` and whether any mapping repeats a key. No node tree is kept."""
+    loader = (_CheckedFastLoader or _CheckedLoader)(text)
+    try:
+        with gc_paused():
+            data = loader.get_single_data()
     finally:
         loader.dispose()
-    return node, data
+    return data, bool(loader.duplicate_keys)
+
+
+def _compose(text: str) -> yaml.Node | None:
+    """The node tree of ``text``, merges flattened (as construction leaves it), for lines."""
+    loader = (FastYamlLoader or YamlLoader)(text)
+    try:
+        with gc_paused():
+            node = loader.get_single_node()
+            if node is not None:
+                loader.construct_document(node)  # flattens `<<` merges in the tree
+    finally:
+        loader.dispose()
+    return node
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class YamlDocument:
-    """A parsed YAML file: its data plus a map from key paths to 1-based line numbers."""
+    """A parsed YAML file: its data plus a map from key paths to 1-based line numbers.
 
-    def __init__(self, file: str, data: Any, lines: dict[PathKey, int]) -> None:
+    The line map is built on first use, by composing the text again: a file without problems
+    never needs it, and for 10,000 schedules it costs as much as the parse itself.
+    """
+
+    def __init__(self, file: str, data: Any, lines: dict[PathKey, int] | None = None,
+                 *, text: str | None = None) -> None:
         self.file = file
         self.data = data
-        self.lines = lines
+        self._lines = lines
+        self._text = text
+
+    @property
+    def lines(self) -> dict[PathKey, int]:
+        if self._lines is None:
+            self._lines, _duplicates = _line_map(self._text)
+            self._text = None
+        return self._lines
 
     def line_of(self, path: PathKey) -> int | None:
         """The line of the deepest known prefix of ``path``."""
+        lines = self.lines
         for end in range(len(path), -1, -1):
-            line = self.lines.get(tuple(path[:end]))
+            line = lines.get(tuple(path[:end]))
             if line is not None:
                 return line
         return None
 
     def problem(self, path: PathKey, message: str) -> Problem:
         return Problem(self.file, self.line_of(path), ".".join(str(p) for p in path), message)
+
+
+def _line_map(text: str | None) -> tuple[dict[PathKey, int], list[tuple[PathKey, int, int]]]:
+    lines: dict[PathKey, int] = {}
+    duplicates: list[tuple[PathKey, int, int]] = []
+    node = _compose(text) if text is not None else None
+    if node is not None:
+        _record_lines(node, (), lines, duplicates)
+    return lines, duplicates
 
 
 def _record_lines(node: yaml.Node, path: PathKey, lines: dict[PathKey, int],
@@ -103,7 +182,7 @@ def load_yaml(path: Path, display: str | None = None) -> tuple[YamlDocument | No
     except (OSError, UnicodeDecodeError) as exc:
         return None, [Problem(name, None, "", f"cannot read file: {exc}")]
     try:
-        node, data = _parse(text)
+        data, duplicate_keys = _parse(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -111,16 +190,17 @@ def load_yaml(path: Path, display: str | None = None) -> tuple[YamlDocument | No
         return None, [Problem(name, line, "", f"YAML syntax error: {reason}")]
     except yaml.YAMLError as exc:
         return None, [Problem(name, None, "", f"YAML syntax error: {exc}")]
-    lines: dict[PathKey, int] = {}
-    duplicates: list[tuple[PathKey, int, int]] = []
-    if node is not None:
-        _record_lines(node, (), lines, duplicates)
-    doc = YamlDocument(name, data, lines)
-    data, problems = _substitute_env(doc, data, ())
-    for key, first, again in duplicates:
-        problems.append(Problem(name, again, ".".join(str(p) for p in key),
-                                f"duplicate key (first on line {first}); only one is kept"))
-    doc.data = data
+    doc = YamlDocument(name, data, text=text)
+    problems: list[Problem] = []
+    # Only a string can hold "${": raw text without it (or an escape that could spell it)
+    # has nothing to substitute, so the walk over every value is skipped.
+    if "${" in text or "\\" in text:
+        doc.data, problems = _substitute_env(doc, data, ())
+    if duplicate_keys:
+        doc._lines, duplicates = _line_map(text)
+        for key, first, again in duplicates:
+            problems.append(Problem(name, again, ".".join(str(p) for p in key),
+                                    f"duplicate key (first on line {first}); only one is kept"))
     return doc, problems
 
 
