@@ -78,7 +78,9 @@ class Prepared:
     base_variables: dict[str, Any] = field(default_factory=dict)  # globals + context
 
     def __post_init__(self) -> None:
-        self.base_variables = {**self.templates.globals, **self.context}
+        self.base_variables = {**self.templates.globals, **self.context,
+                               "campaign": self.campaign.name}
+        self.templates.specialise({**self.context, "campaign": self.campaign.name})
 
     def unsubscribe_links(self, email: str) -> tuple[str, list[str]]:
         """``(url for the template, List-Unsubscribe entries)``."""
@@ -119,11 +121,18 @@ def prepare(campaign: NewsletterCampaign, config: LoadedConfig, settings: Settin
 def compose(prepared: Prepared, row: DeliveryRow) -> OutgoingMessage:
     """The per-recipient path: render, then join the precomputed header block."""
     url, links = prepared.unsubscribe_links(row.recipient)
-    variables = prepared.base_variables.copy()
-    if row.variables:
-        variables.update(row.variables)
-    variables.update(email=row.recipient, unsubscribe_url=url, campaign=prepared.campaign.name)
-    rendered = prepared.templates.render(variables, has_globals=True)
+    templates = prepared.templates
+    values = row.variables or {}
+    if templates.split is not None and not templates.shared_names.intersection(values):
+        # Fast path: the templates were rendered once for the run; substitute this row.
+        per_recipient = {**values, "email": row.recipient, "unsubscribe_url": url}
+        rendered = templates.render_split(per_recipient) or templates.render(
+            {**prepared.base_variables, **per_recipient}, has_globals=True)
+    else:
+        variables = prepared.base_variables.copy()
+        variables.update(values)
+        variables.update(email=row.recipient, unsubscribe_url=url)
+        rendered = templates.render(variables, has_globals=True)
     message_id = row.message_id or prepared.builder.message_id(row.id)
     return prepared.builder.build(to=row.recipient, subject=rendered.subject, text=rendered.text,
                                   html=rendered.html, message_id=message_id,

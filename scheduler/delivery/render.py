@@ -27,6 +27,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
+from scheduler.delivery.fastrender import SplitTemplate, split_template
 from scheduler.errors import TemplateError
 
 _JINJA_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
@@ -219,16 +220,18 @@ class CampaignTemplates:
         # variables get theirs in ``_finalize`` (a cached lookup per printed value).
         protected, tags = _protect(html_source)
         tagged = self.utm.html(protected)
-        self.html_tpl = self._compile(self.html_env, _restore(tagged, tags) or html_source,
-                                      self.html_name)
+        self.html_final = _restore(tagged, tags) or html_source
+        self.html_tpl = self._compile(self.html_env, self.html_final, self.html_name)
         self.inline_per_recipient = False
         if inline and "<style" in html_source.lower():
             restored = _restore(inline_css(tagged), tags)
             if restored is None:
                 self.inline_per_recipient = True
             else:
+                self.html_final = restored
                 self.html_tpl = self._compile(self.html_env, restored, self.html_name)
 
+        self.text_final: str | None = None
         self.text_tpl: jinja2.Template | None = None
         self.derive_text_per_recipient = False
         text_path = templates_dir / self.text_name
@@ -237,16 +240,57 @@ class CampaignTemplates:
             self._compile(self.text_env, text_source, self.text_name)  # errors: own lines
             protected_text, text_tags = _protect(text_source)
             restored_text = _restore(self.utm.text(protected_text), text_tags) or text_source
+            self.text_final = restored_text
             self.text_tpl = self._compile(self.text_env, restored_text, self.text_name)
         else:
             restored = _restore(html_to_text(tagged), tags)
             if restored is None:
                 self.derive_text_per_recipient = True
             else:
+                self.text_final = restored
                 self.text_tpl = self._compile(self.text_env, restored, self.text_name)
+        self.subject_source = subject
+        self.subject_env = subject_env
+        self.split: tuple[SplitTemplate, SplitTemplate | None, SplitTemplate] | None = None
+        self.shared_names: frozenset[str] = frozenset()
         # Jinja's globals (range, cycler, …) merged once: rendering then shares the caller's
         # variables dict instead of copying globals + variables for every recipient.
         self.globals = dict(self.html_env.globals)
+
+    def specialise(self, shared: Mapping[str, Any]) -> bool:
+        """Render once with the run's shared variables when the templates allow it (see
+        :mod:`scheduler.delivery.fastrender`); afterwards :meth:`render` only substitutes
+        per-recipient values. Returns whether that worked."""
+        if self.inline_per_recipient or self.text_final is None:
+            return False
+        shared = {**self.globals, **shared}
+        names: set[str] = set()
+        for env, source in ((self.html_env, self.html_final), (self.text_env, self.text_final),
+                            (self.subject_env, self.subject_source)):
+            names |= meta.find_undeclared_variables(env.parse(source))
+        recipient = frozenset(n for n in names if n not in shared)
+        html = split_template(self.html_env, self.html_final, recipient, shared, html=True,
+                              finalize=self._finalize)
+        text = split_template(self.text_env, self.text_final, recipient, shared, html=False,
+                              finalize=self._finalize)
+        subject = (None if self.subject_const is not None else split_template(
+            self.subject_env, self.subject_source, recipient, shared, html=False, finalize=None))
+        if html is None or text is None or (subject is None and self.subject_const is None):
+            return False
+        self.split = (html, subject, text)
+        self.shared_names = frozenset(n for n in names if n in shared)
+        return True
+
+    def render_split(self, variables: Mapping[str, Any]) -> Rendered | None:
+        """The fast path; None when this recipient needs Jinja (a value is missing)."""
+        assert self.split is not None
+        html_t, subject_t, text_t = self.split
+        html = html_t.render(variables)
+        text = text_t.render(variables)
+        subject = self.subject_const if subject_t is None else subject_t.render(variables)
+        if html is None or text is None or subject is None:
+            return None
+        return Rendered(subject.strip(), html, text)
 
     def _finalize(self, value: Any) -> Any:
         if isinstance(value, str) and "http" in value:
