@@ -85,17 +85,25 @@ def _still_paused(conn: sa.Connection, campaigns: Sequence[str]) -> dict[str, li
     return out
 
 
-def apply_batch(conn: sa.Connection, env: Env, batch: Sequence[Observed]) -> list[Change]:
-    """Record raw results, fold them into verdicts, act on every transition."""
+def apply_batch(conn: sa.Connection, env: Env, batch: Sequence[Observed]
+                ) -> tuple[list[Change], dict[str, StateRow]]:
+    """Record raw results, fold them into verdicts, act on every transition.
+
+    Returns the changes and the stored verdicts of the batch's checks (read under lock, so
+    they include other nodes' results).
+    """
     check_store.record_results(conn, [
         ResultRow(o.check, o.at, o.result.outcome, o.result.latency_ms, o.result.detail,
                   env.node) for o in batch])
-    states = check_store.all_states(conn, lock=True)
+    states = check_store.states(conn, {o.check for o in batch}, lock=True)
     changed: dict[str, StateRow] = {}
     changes: list[Change] = []
+    rules: dict[str, Rules] = {}
     for obs in sorted(batch, key=lambda o: o.at):
         before = changed.get(obs.check) or states.get(obs.check) or initial(obs.check, obs.at)
-        after, transition = apply(before, obs.result.outcome, env.rules(obs.check), obs.at,
+        if obs.check not in rules:
+            rules[obs.check] = env.rules(obs.check)
+        after, transition = apply(before, obs.result.outcome, rules[obs.check], obs.at,
                                   obs.result.detail)
         if transition is not None:
             change = _act(conn, env, obs, before, transition)
@@ -104,7 +112,7 @@ def apply_batch(conn: sa.Connection, env: Env, batch: Sequence[Observed]) -> lis
                 after = after.with_(last_alert_at=obs.at)
         changed[obs.check] = after
     check_store.save_states(conn, list(changed.values()))
-    return changes
+    return changes, changed
 
 
 def _act(conn: sa.Connection, env: Env, obs: Observed, before: StateRow,
@@ -161,11 +169,11 @@ def reconcile(conn: sa.Connection, env: Env, now: datetime) -> None:
     removed from the config releases its campaigns) and restarts: verdicts live in the
     database, so a restart never resumes a campaign whose check is still down.
     """
-    states = check_store.all_states(conn)
+    states = check_store.states(conn, verdict="down")
     want: set[tuple[str, str]] = set()
     for name in env.config.checks.checks:
         state = states.get(name)
-        if state is not None and state.verdict == "down":
+        if state is not None:
             want.update((c, pauses.guard_reason(name)) for c in guarded_by(env.config, name))
     have = {(row.campaign, row.reason) for row in conn.execute(
         sa.select(pauses_table.c.campaign, pauses_table.c.reason)
@@ -183,9 +191,9 @@ def send_reminders(conn: sa.Connection, env: Env, now: datetime) -> list[str]:
     if not every:
         return []
     reminded = []
-    states = check_store.all_states(conn, lock=True)
+    states = check_store.states(conn, verdict="down", lock=True)
     for name, state in states.items():
-        if name not in env.config.checks.checks or state.verdict != "down":
+        if name not in env.config.checks.checks:
             continue
         last = state.last_alert_at or state.since
         if now - last < every:

@@ -1,10 +1,13 @@
-"""The guard at run time: runs every check on its own interval, concurrently under a bound,
-never overlapping itself, and hands results to the decision code in batches."""
+"""The guard at run time: runs every check on its own interval, at its own phase of it
+(``guard_timing``), concurrently under a bound, never overlapping itself, and hands results
+to the decision code in batches."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,9 +29,10 @@ from jobs.guard_decide import (
     send_reminders,
     sync_maintenance,
 )
-from jobs.guard_hysteresis import Rules, initial, next_delay
+from jobs.guard_hysteresis import Rules, initial
 from jobs.guard_hysteresis import apply as fold
 from jobs.guard_targets import CONNECTIVITY
+from jobs.guard_timing import first_due, next_due
 from scheduler.config.checks import CheckConfig
 from scheduler.context import ServiceContext
 from scheduler.store import checks as check_store
@@ -38,6 +42,7 @@ log = logging.getLogger("martech.guard")
 
 HOUSEKEEPING_S = 1.0  # maintenance windows and reminders are looked at this often
 MAX_SLEEP_S = 0.5
+MIN_SLEEP_S = 0.01  # checks falling due within this are started together
 
 
 @dataclass
@@ -73,6 +78,10 @@ class Guard:
         self._next_housekeeping: datetime | None = None
         self._connectivity_probe: asyncio.Future[CheckResult] | None = None
         self._connectivity_last: tuple[datetime, CheckResult] | None = None
+        # (due, seq, name) of checks waiting for their next run: a tick looks at the due
+        # ones only, not at every check. Stale items (config changed) are skipped on pop.
+        self._queue: list[tuple[datetime, int, str]] = []
+        self._seq = itertools.count()
         self.changes: list[Change] = []
 
     # -- configuration -----------------------------------------------------------------
@@ -115,9 +124,33 @@ class Guard:
                 continue
             probe = build_probe(self._resolve_paths(cfg), self._session, self.ctx.clock,
                                 self.ctx.settings.smtp_helo_name)
-            fresh[name] = Entry(name, cfg, probe, Rules.of(cfg, defaults), now,
-                                state=old.state if old else None)
+            rules = Rules.of(cfg, defaults)
+            fresh[name] = entry = Entry(name, cfg, probe, rules,
+                                        first_due(name, rules.interval, now),
+                                        state=old.state if old else None)
+            if old is not None and old.task is not None and not old.task.done():
+                entry.task = old.task  # the old probe's run still counts: no overlap
+            self._enqueue(entry)
         self.entries = fresh
+
+    def _enqueue(self, entry: Entry) -> None:
+        heapq.heappush(self._queue, (entry.next_due, next(self._seq), entry.name))
+
+    def _pop_due(self, now: datetime) -> list[Entry]:
+        due: list[Entry] = []
+        busy: list[Entry] = []
+        while self._queue and self._queue[0][0] <= now:
+            at, _, name = heapq.heappop(self._queue)
+            entry = self.entries.get(name)
+            if entry is None or entry.next_due != at:
+                continue  # removed, or rescheduled since this item was queued
+            if entry.task is not None and not entry.task.done():
+                busy.append(entry)  # its previous config's run is not over: never overlap
+            else:
+                due.append(entry)
+        for entry in busy:
+            self._enqueue(entry)
+        return due
 
     # -- one pass ----------------------------------------------------------------------
 
@@ -141,11 +174,10 @@ class Guard:
             self._next_housekeeping = now + timedelta(seconds=HOUSEKEEPING_S)
             await self.ctx.in_thread(self._housekeeping_sync, now)
         started = []
-        for entry in self.entries.values():
-            if entry.next_due <= now and (entry.task is None or entry.task.done()):
-                entry.task = asyncio.create_task(self._check(entry, entry.next_due),
-                                                 name=f"check-{entry.name}")
-                started.append(entry.name)
+        for entry in self._pop_due(now):
+            entry.task = asyncio.create_task(self._check(entry, entry.next_due),
+                                             name=f"check-{entry.name}")
+            started.append(entry.name)
         if wait:
             tasks = [self.entries[n].task for n in started]
             await asyncio.gather(*[t for t in tasks if t is not None])
@@ -153,19 +185,26 @@ class Guard:
         return started
 
     async def _check(self, entry: Entry, due: datetime) -> None:
-        async with self._sem:
-            begun = self.ctx.clock.now()
-            self.stats.lateness_s.append(max((begun - due).total_seconds(), 0.0))
-            result = await run_probe(entry.probe, entry.rules.timeout.total_seconds())
-            if result.outcome == "fail" and entry.name != CONNECTIVITY:
-                result = await self._blind(result)
-        self.stats.runs += 1
-        self.stats.last[entry.name] = result
-        state = entry.state or initial(entry.name, begun)
-        # Provisional schedule from the local view; the batch write refreshes the state.
-        entry.state, _ = fold(state, result.outcome, entry.rules, begun, result.detail)
-        entry.next_due = max(due, begun) + next_delay(entry.state, entry.rules)
-        self._pending.append(Observed(entry.name, begun, result))
+        begun = due
+        try:
+            async with self._sem:
+                begun = self.ctx.clock.now()
+                self.stats.lateness_s.append(max((begun - due).total_seconds(), 0.0))
+                result = await run_probe(entry.probe, entry.rules.timeout.total_seconds())
+                if result.outcome == "fail" and entry.name != CONNECTIVITY:
+                    result = await self._blind(result)
+            self.stats.runs += 1
+            self.stats.last[entry.name] = result
+            state = entry.state or initial(entry.name, begun)
+            # Provisional schedule from the local view; the batch write refreshes the state.
+            entry.state, _ = fold(state, result.outcome, entry.rules, begun, result.detail)
+            entry.next_due = next_due(entry.name, entry.state, entry.rules, due, begun)
+            self._pending.append(Observed(entry.name, begun, result))
+        finally:
+            if entry.next_due == due:  # cancelled or failed before rescheduling
+                entry.next_due = max(due, begun) + entry.rules.retry_interval
+            if self.entries.get(entry.name) is entry:
+                self._enqueue(entry)
 
     async def _blind(self, result: CheckResult) -> CheckResult:
         """A failure while the guard's own connectivity check fails is ``unknown``."""
@@ -201,11 +240,11 @@ class Guard:
 
     def _apply_sync(self, batch: list[Observed]) -> list[Change]:
         with self.ctx.begin() as conn:
-            changes = apply_batch(conn, self.env, batch)
-            states = check_store.all_states(conn)
-        for name, entry in self.entries.items():
-            if name in states:
-                entry.state = states[name]
+            changes, states = apply_batch(conn, self.env, batch)
+        for name, state in states.items():
+            entry = self.entries.get(name)
+            if entry is not None:
+                entry.state = state
         return changes
 
     def _housekeeping_sync(self, now: datetime) -> None:
@@ -252,12 +291,11 @@ class Guard:
 
     async def _sleep_until_due(self) -> None:
         now = self.ctx.clock.now()
-        due = [e.next_due for e in self.entries.values() if e.task is None or e.task.done()]
         delay = MAX_SLEEP_S
-        if due:
-            delay = min(max((min(due) - now).total_seconds(), 0.0), MAX_SLEEP_S)
+        if self._queue:
+            delay = min(max((self._queue[0][0] - now).total_seconds(), 0.0), MAX_SLEEP_S)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.ctx.stopping.wait(), max(delay, 0.01))
+            await asyncio.wait_for(self.ctx.stopping.wait(), max(delay, MIN_SLEEP_S))
 
     async def close(self) -> None:
         if self._session is not None:

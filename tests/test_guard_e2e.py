@@ -25,6 +25,7 @@ from scheduler.store import runs as run_store
 from scheduler.store.db import make_engine, upgrade
 from scheduler.store.tables import deliveries, outbox
 from tests.http_server import HttpServer
+from tests.test_guard_service import start_guard
 from tests.smtp_server import SmtpServer
 from tests.webhook_server import Receiver, serve
 
@@ -103,7 +104,7 @@ async def _scenario(db: Engine, tmp_path: Path, site: HttpServer, smtp: SmtpServ
     engine = RunEngine(ctx, registry)
     engine.specs = registry.specs(ctx.config)
     guard = Guard(ctx)
-    await guard.start()
+    await start_guard(guard, clock)
     await guard.tick()
     clock.advance(timedelta(seconds=30))
     await guard.tick()  # website up

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from jobs.guard_runner import Guard
 from jobs.guard_targets import CONNECTIVITY
+from jobs.guard_timing import FIRST_SPREAD_S
 from scheduler.clock import FakeClock
 from scheduler.config.loader import load_config
 from scheduler.context import ServiceContext
@@ -118,12 +119,25 @@ async def step_to(guard: Guard, clock: FakeClock, when: datetime) -> list[str]:
     return await guard.tick()
 
 
+async def start_guard(guard: Guard, clock: FakeClock) -> datetime:
+    """Start the guard and move the clock to when every check's first run is due.
+
+    First runs are spread over the first seconds after start-up (``guard_timing``): tests
+    count their timings from there.
+    """
+    await guard.start()
+    first = max(e.next_due for e in guard.entries.values())
+    assert first - clock.now() < timedelta(seconds=FIRST_SPREAD_S)
+    clock.set(first)
+    return first
+
+
 async def test_outage_pauses_guarded_campaigns_and_recovery_resumes(
         db: Engine, t0: datetime, tmp_path: Path, web: HttpServer) -> None:
     clock = FakeClock(t0)
     ctx = make_ctx(db, clock, write_config(tmp_path, checks_yaml(web.url)))
     guard = Guard(ctx)
-    await guard.start()
+    t0 = await start_guard(guard, clock)
     assert await guard.tick() == ["website"]
     assert await guard.tick() == []  # not due again before its interval
     await step_to(guard, clock, t0 + timedelta(seconds=30))
@@ -189,7 +203,7 @@ async def test_restart_keeps_the_verdict_and_never_wrongly_resumes(
     clock = FakeClock(t0)
     cfg = write_config(tmp_path, checks_yaml(web.url))
     guard = Guard(make_ctx(db, clock, cfg))
-    await guard.start()
+    t0 = await start_guard(guard, clock)
     await web.stop()
     for i in range(3):
         await step_to(guard, clock, t0 + timedelta(seconds=5 * i))
@@ -204,7 +218,7 @@ async def test_restart_keeps_the_verdict_and_never_wrongly_resumes(
     with ctx.begin() as conn:
         pauses.add(conn, "digest", pauses.MANUAL, clock.now(), detail="copy review")
     guard = Guard(ctx)
-    await guard.start()
+    await start_guard(guard, clock)
     assert set(paused(db)) == {"digest", "posts"}
     await guard.tick()
     assert verdict(db) == "down" and set(paused(db)) == {"digest", "posts"}
@@ -222,7 +236,7 @@ async def test_config_change_pauses_newly_guarded_and_releases_removed(
     cfg = write_config(tmp_path, checks_yaml(web.url))
     ctx = make_ctx(db, clock, cfg)
     guard = Guard(ctx)
-    await guard.start()
+    t0 = await start_guard(guard, clock)
     await web.stop()
     for i in range(3):
         await step_to(guard, clock, t0 + timedelta(seconds=5 * i))
@@ -252,7 +266,7 @@ async def test_cannot_see_is_unknown_alerts_and_pauses_nothing(
     """
     clock = FakeClock(t0)
     guard = Guard(make_ctx(db, clock, write_config(tmp_path, checks_yaml(web.url, extra))))
-    await guard.start()
+    t0 = await start_guard(guard, clock)
     await guard.tick()
     await step_to(guard, clock, t0 + timedelta(seconds=30))
     assert verdict(db) == "up" and verdict(db, CONNECTIVITY) == "up"
@@ -289,7 +303,7 @@ async def test_slow_check_does_not_delay_others_and_never_overlaps(
         f'  fast-b: {{http: {{url: "{web.url}/health"}}}}\n', 1)
     clock = FakeClock(t0)
     guard = Guard(make_ctx(db, clock, write_config(tmp_path, yaml)))
-    await guard.start()
+    await start_guard(guard, clock)
     loop = asyncio.get_running_loop()
     began = loop.time()
     started = await guard.tick(wait=False)

@@ -16,7 +16,15 @@ from scheduler.clock import FakeClock
 from scheduler.config.checks import MaintenanceWindow
 from scheduler.store.tables import check_results
 from tests.http_server import HttpServer
-from tests.test_guard_service import alerts, checks_yaml, make_ctx, paused, verdict, write_config
+from tests.test_guard_service import (
+    alerts,
+    checks_yaml,
+    make_ctx,
+    paused,
+    start_guard,
+    verdict,
+    write_config,
+)
 
 
 def utc(*args: int) -> datetime:
@@ -78,7 +86,7 @@ async def test_window_pauses_ahead_nobody_paged_checks_keep_recording(
     clock = FakeClock(t0)
     ctx = make_ctx(db, clock, write_config(tmp_path, checks_yaml(web.url, extra)))
     guard = Guard(ctx)
-    await guard.start()
+    await start_guard(guard, clock)
     await guard.tick()
     clock.advance(timedelta(seconds=30))
     await guard.tick()
