@@ -2,9 +2,12 @@
 
     .venv/bin/python bench/scheduler.py [--quick] [--database-url URL]
 
-Start-up is config load (YAML + validation) through ``Engine.start`` returning. Lateness is
-due -> claimed (``Engine.claimed_log``), measured against a naive baseline in the same run:
-one INSERT + COMMIT per job in a loop, as a home-made scheduler would do.
+Start-up is config load (YAML + validation, including the first import of the job modules)
+through ``Engine.start`` returning; the catch-up claim that start-up leaves running in the
+background is timed too. Lateness is due -> claimed (``Engine.claimed_log``), measured against
+a naive baseline in the same run: one INSERT + COMMIT per job in a loop, as a home-made
+scheduler would do; due -> job started is shown as well. ``--repeat N`` runs it all N times,
+each in a fresh process (the machine may be shared: each run prints the load average).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import logging
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +56,10 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def write_config(root: Path, n: int) -> None:
     (root / "config").mkdir(parents=True)
     lines = ["reports:"]
@@ -80,10 +88,13 @@ async def startup(n: int, url: str, root: Path) -> dict[str, float]:
     await engine.start()
     t_started = time.perf_counter()
     rss_after = rss_mb()
+    await asyncio.wait_for(engine.caught_up.wait(), 60)
+    t_caught_up = time.perf_counter()
     await engine.stop(5)
     db.dispose()
     return {"schedules": len(engine.specs), "load_s": t_loaded - t0,
-            "start_s": t_started - t0, "rss_mb": rss_after, "rss_delta_mb": rss_after - rss_before}
+            "start_s": t_started - t0, "catch_up_s": t_caught_up - t_started,
+            "rss_mb": rss_after, "rss_delta_mb": rss_after - rss_before}
 
 
 class NoopKind:
@@ -91,6 +102,7 @@ class NoopKind:
 
     def __init__(self, schedules: dict[str, Schedule]) -> None:
         self._schedules = schedules
+        self.started: list[datetime] = []
         self.done = 0
         self.all_done = asyncio.Event()
         self.target = len(schedules)
@@ -100,6 +112,7 @@ class NoopKind:
                              self._schedules[campaign.name], timedelta(minutes=5))]
 
     async def execute(self, ctx: ServiceContext, campaign: Any, run: RunRow) -> RunResult:
+        self.started.append(datetime.now(UTC))
         self.done += 1
         if self.done >= self.target:
             self.all_done.set()
@@ -111,7 +124,8 @@ class NoopKind:
 
 class _Campaign:
     def __init__(self, name: str) -> None:
-        self.name, self.kind, self.enabled, self.requires = name, "bench", True, []
+        self.name, self.kind, self.enabled = name, "bench", True
+        self.requires: list[str] = []
 
 
 async def lateness(n: int, url: str, root: Path) -> dict[str, float]:
@@ -133,8 +147,10 @@ async def lateness(n: int, url: str, root: Path) -> dict[str, float]:
     db.dispose()
     late_ms = [(claimed - at).total_seconds() * 1000 for _k, at, claimed in engine.claimed_log]
     assert len(late_ms) == n, f"claimed {len(late_ms)} of {n}"
+    started_ms = [(at - due).total_seconds() * 1000 for at in kind.started]
     return {"jobs": n, "p50_ms": pct(late_ms, 0.50), "p99_ms": pct(late_ms, 0.99),
-            "max_ms": max(late_ms), "mean_ms": statistics.fmean(late_ms)}
+            "max_ms": max(late_ms), "mean_ms": statistics.fmean(late_ms),
+            "started_p50_ms": pct(started_ms, 0.50), "started_p99_ms": pct(started_ms, 0.99)}
 
 
 def naive_baseline(n: int, url: str) -> dict[str, float]:
@@ -156,13 +172,8 @@ def naive_baseline(n: int, url: str) -> dict[str, float]:
     return {"jobs": n, "p50_ms": pct(late_ms, 0.50), "p99_ms": pct(late_ms, 0.99)}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, for CI smoke")
-    parser.add_argument("--database-url", help="default: a temporary SQLite file")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    n_schedules, n_jobs = (1_000, 200) if args.quick else (10_000, 1_000)
+def run_once(args: argparse.Namespace, n_schedules: int, n_jobs: int) -> bool:
+    load_before = loadavg()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         url = args.database_url
@@ -171,17 +182,40 @@ def main() -> int:
         late = asyncio.run(lateness(n_jobs, url or f"sqlite:///{root}/late.db", root / "late"))
         naive = naive_baseline(n_jobs, f"sqlite:///{root}/naive.db")
     backend = "postgresql" if url and url.startswith("postgresql") else "sqlite"
-    print(f"scheduler benchmark ({backend}, {'quick' if args.quick else 'full'})")
+    print(f"scheduler benchmark ({backend}, {'quick' if args.quick else 'full'}), "
+          f"load average {load_before} -> {loadavg()}")
     print(f"  start-up, {start['schedules']:.0f} schedules: {start['start_s']:.2f} s "
           f"(config load {start['load_s']:.2f} s), RSS {start['rss_mb']:.0f} MB "
           f"(+{start['rss_delta_mb']:.0f} MB)   target < 2 s")
+    print(f"    then catch-up claim of every schedule committed in {start['catch_up_s']:.2f} s "
+          "(in the background)")
     print(f"  lateness, {late['jobs']:.0f} jobs due in one second: p50 {late['p50_ms']:.0f} ms, "
           f"p99 {late['p99_ms']:.0f} ms, max {late['max_ms']:.0f} ms   target p99 < 250 ms")
+    print(f"    due -> job started: p50 {late['started_p50_ms']:.0f} ms, "
+          f"p99 {late['started_p99_ms']:.0f} ms")
     print(f"  naive baseline (INSERT+COMMIT per job): p50 {naive['p50_ms']:.0f} ms, "
           f"p99 {naive['p99_ms']:.0f} ms")
     ok = start["start_s"] < 2.0 and late["p99_ms"] < 250.0
-    print("  targets: " + ("met" if ok else "MISSED"))
-    return 0 if ok else 1
+    print("  targets: " + ("met" if ok else "MISSED"), flush=True)
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for CI smoke")
+    parser.add_argument("--database-url", help="default: a temporary SQLite file")
+    parser.add_argument("--repeat", type=int, default=1, help="run N times (default 1)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    n_schedules, n_jobs = (1_000, 200) if args.quick else (10_000, 1_000)
+    if args.repeat <= 1:
+        return 0 if run_once(args, n_schedules, n_jobs) else 1
+    # Each repeat in a fresh process: a warm one would skip the imports start-up pays for.
+    argv = [sys.executable, __file__, *(["--quick"] if args.quick else []),
+            *(["--database-url", args.database_url] if args.database_url else [])]
+    met = sum(subprocess.run(argv, check=False).returncode == 0 for _ in range(args.repeat))
+    print(f"targets met in {met} of {args.repeat} runs")
+    return 0 if met == args.repeat else 1
 
 
 if __name__ == "__main__":

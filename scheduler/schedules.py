@@ -38,7 +38,7 @@ class Schedule:
     _cron: CronExpression | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        kinds = sum(x is not None for x in (self.cron, self.interval, self.at))
+        kinds = (self.cron is not None) + (self.interval is not None) + (self.at is not None)
         if kinds != 1:
             raise ValueError("a schedule needs exactly one of cron, interval, at")
         if self.cron is not None and self._cron is None:

@@ -10,8 +10,9 @@ from pydantic import TypeAdapter, ValidationError
 
 from scheduler.config.campaigns import Campaign, ReportCampaign
 from scheduler.config.checks import ChecksFile
-from scheduler.config.yaml_lines import PathKey, YamlDocument, gc_paused, load_yaml
+from scheduler.config.yaml_lines import PathKey, YamlDocument, load_yaml
 from scheduler.errors import ConfigError, Problem
+from scheduler.gcpause import gc_paused
 
 _CAMPAIGN = TypeAdapter(Campaign)
 _KINDS = ("newsletter", "post_reminder", "report")

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from scheduler.errors import Problem
+from scheduler.gcpause import gc_paused
 
 PathKey = tuple[str | int, ...]
 
@@ -65,23 +63,6 @@ if _FastBase is not None:
     FastYamlLoader = type("FastYamlLoader", (_FastBase,), {
         "yaml_implicit_resolvers": YamlLoader.yaml_implicit_resolvers})
     _CheckedFastLoader = type("_CheckedFastLoader", (_DuplicateFlag, FastYamlLoader), {})
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Hold the cyclic garbage collector while building a big tree of fresh objects.
-
-    Every few hundred allocations the collector walks the young objects, and ever more often
-    the old ones: for a 10,000-schedule file that was ~60% of the load time. The trees built
-    here (nodes, dicts, lists, models) hold no reference cycles for it to find.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _parse(text: str) -> tuple[Any, bool]:
