@@ -26,14 +26,14 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobs.guard_runner import Guard  # noqa: E402
-from scheduler.clock import SystemClock  # noqa: E402
-from scheduler.config.loader import load_config  # noqa: E402
-from scheduler.context import ServiceContext  # noqa: E402
-from scheduler.settings import Settings  # noqa: E402
-from scheduler.store.db import make_engine, upgrade  # noqa: E402
-from scheduler.store.tables import check_results, pauses  # noqa: E402
-from tests.http_server import HttpServer  # noqa: E402
+from jobs.guard_runner import Guard
+from scheduler.clock import SystemClock
+from scheduler.config.loader import load_config
+from scheduler.context import ServiceContext
+from scheduler.settings import Settings
+from scheduler.store.db import make_engine, upgrade
+from scheduler.store.tables import check_results, pauses
+from tests.http_server import HttpServer
 
 SERVERS = 8
 # The target servers run in another process so their CPU is not counted as the guard's.

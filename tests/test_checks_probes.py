@@ -191,7 +191,7 @@ def _authenticator(*args: Any) -> AuthResult:
     return AuthResult(success=False)
 
 
-async def _smtp_server(tls: ssl.SSLContext | None, auth: bool) -> asyncio.AbstractServer:
+async def _smtp_server(tls: ssl.SSLContext | None, auth: bool) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     kwargs: dict[str, Any] = {"tls_context": tls}
     if auth:

@@ -25,8 +25,8 @@ from scheduler.store import runs as run_store
 from scheduler.store.db import make_engine, upgrade
 from scheduler.store.tables import deliveries, outbox
 from tests.http_server import HttpServer
-from tests.test_guard_service import start_guard
 from tests.smtp_server import SmtpServer
+from tests.test_guard_service import start_guard
 from tests.webhook_server import Receiver, serve
 
 RECIPIENTS = 20_000

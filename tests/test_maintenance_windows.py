@@ -27,8 +27,8 @@ from tests.test_guard_service import (
 )
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 WEEKLY = MaintenanceWindow(name="patch", cron="30 2 * * SUN", duration=timedelta(hours=2),
