@@ -88,7 +88,8 @@ def test_classify_smtp_replies() -> None:
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
 async def test_smtp_transport_delivers_and_classifies_faults(pipelining: bool) -> None:
-    handler = RecordingHandler(pipelining=pipelining, faults={"later@x.example": "4xx", "nope@x.example": "hard",
+    handler = RecordingHandler(pipelining=pipelining,
+                               faults={"later@x.example": "4xx", "nope@x.example": "hard",
                                        "policy@x.example": "5xx"})
     with SmtpServer(handler) as server:
         transport = SmtpTransport(SmtpOptions("127.0.0.1", server.port, timeout_s=2),
@@ -113,8 +114,9 @@ async def test_smtp_transport_delivers_and_classifies_faults(pipelining: bool) -
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
 async def test_smtp_disconnect_and_slow_server_are_transient(pipelining: bool) -> None:
-    handler = RecordingHandler(pipelining=pipelining, faults={"drop@x.example": "disconnect",
-                                       "slow@x.example": "slow"}, slow_s=3.0)
+    handler = RecordingHandler(pipelining=pipelining,
+                               faults={"drop@x.example": "disconnect", "slow@x.example": "slow"},
+                               slow_s=3.0)
     with SmtpServer(handler) as server:
         transport = SmtpTransport(SmtpOptions("127.0.0.1", server.port, timeout_s=0.3),
                                   connections=1)
