@@ -15,7 +15,9 @@ from jobs.guard_hysteresis import Rules, apply, initial
 from jobs.guard_runner import Guard
 from jobs.guard_timing import FIRST_SPREAD_S, first_due, next_due, phase, slot_at_or_before
 from scheduler.clock import FakeClock
+from scheduler.config.loader import load_config
 from scheduler.store.tables import check_results
+from tests.conftest import REPO
 from tests.http_server import HttpServer
 from tests.test_guard_service import CAMPAIGNS, make_ctx, write_config
 
@@ -116,3 +118,13 @@ async def test_guard_spreads_first_runs_and_keeps_every_check_within_its_interva
             assert b - a == interval, (name, runs)
         slot = slot_at_or_before(name, interval, steady[0])
         assert steady[0] - slot < step  # started within one fake-clock step of its slot
+
+
+def test_example_config_shows_the_website_down_within_30_s() -> None:
+    """The example config (``make run``): the website's first run comes within the start-up
+    spread, and a dead site is then decided within the pause bound."""
+    config = load_config(REPO / "config")
+    rules = Rules.of(config.checks.checks["website"], config.checks.defaults)
+    first = first_due("website", rules.interval, T0) - T0
+    assert first < FIRST_SPREAD_S * S
+    assert first + rules.pause_bound() <= 30 * S
