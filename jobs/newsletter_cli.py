@@ -89,6 +89,28 @@ def register(group: click.Group) -> None:
             console.print(f"  {kind:8} {path}", markup=False)
         console.print(f"  {'message':8} {out / f'{stem}.eml'}", markup=False)
 
+    @group.command("resume-send")
+    @click.argument("campaign")
+    @click.pass_obj
+    @friendly_errors
+    def resume_send(state: Any, campaign: str) -> None:
+        """Clear the sender's own pauses of CAMPAIGN (error_budget, smtp_unreachable)."""
+        from scheduler.clock import SystemClock
+        from scheduler.store import pauses
+
+        _campaign(state, campaign)
+        cleared = []
+        with state.db().begin() as conn:
+            for reason in (pauses.ERROR_BUDGET, pauses.SMTP_UNREACHABLE):
+                if pauses.remove(conn, campaign, reason, SystemClock().now()):
+                    cleared.append(reason)
+            others = [p.reason for p in pauses.reasons(conn, campaign)]
+        msg = f"{campaign}: cleared {', '.join(cleared)}" if cleared else \
+            f"{campaign}: no error_budget or smtp_unreachable pause"
+        if others:
+            msg += f"; still paused by {', '.join(others)}"
+        console.print(msg, markup=False)
+
     @group.command("send-test")
     @click.argument("campaign")
     @click.option("--to", "to", required=True, help="Where the test goes (e.g. yourself).")

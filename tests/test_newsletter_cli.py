@@ -95,3 +95,22 @@ def test_send_now_honours_manual_pause_and_resume(tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     assert "sent 80" in out.replace("\n", " ")
     assert server.per_recipient() == {r: 1 for r in recipients}
+
+
+def test_resume_send_clears_only_the_senders_pauses(tmp_path: Path) -> None:
+    from scheduler.clock import SystemClock
+    from scheduler.store import pauses
+    from scheduler.store.db import make_engine, upgrade
+
+    write_config(tmp_path, rows=["a@example.com"])
+    engine = make_engine(f"sqlite:///{tmp_path}/m.db")
+    upgrade(engine)
+    with engine.begin() as conn:
+        for reason in (pauses.ERROR_BUDGET, pauses.MANUAL):
+            pauses.add(conn, "news", reason, SystemClock().now())
+    result = CliRunner().invoke(main, ["resume-send", "news"], env=_env(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "cleared error_budget" in result.output and "still paused by manual" in result.output
+    with engine.begin() as conn:
+        assert [p.reason for p in pauses.reasons(conn, "news")] == [pauses.MANUAL]
+    engine.dispose()
