@@ -91,8 +91,13 @@ class RecordingHandler:
 class SmtpServer:
     """aiosmtpd in a background thread with its own event loop, bound to port 0."""
 
-    def __init__(self, handler: RecordingHandler | None = None) -> None:
+    def __init__(self, handler: RecordingHandler | None = None, *,
+                 ssl_context: Any = None, **smtp_kwargs: Any) -> None:
+        """``ssl_context``: implicit TLS on connect; ``smtp_kwargs`` go to aiosmtpd's ``SMTP``
+        (e.g. ``tls_context`` + ``require_starttls`` for STARTTLS, ``authenticator``)."""
         self.handler = handler or RecordingHandler()
+        self.ssl_context = ssl_context
+        self.smtp_kwargs = smtp_kwargs
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -104,8 +109,9 @@ class SmtpServer:
         async def _serve() -> asyncio.AbstractServer:
             return await self._loop.create_server(
                 lambda: SMTPServerProtocol(self.handler, enable_SMTPUTF8=True,
-                                           data_size_limit=None, timeout=30),
-                "127.0.0.1", 0)
+                                           data_size_limit=None, timeout=30,
+                                           **self.smtp_kwargs),
+                "127.0.0.1", 0, ssl=self.ssl_context)
 
         self._server = asyncio.run_coroutine_threadsafe(_serve(), self._loop).result(5)
         self.port = self._server.sockets[0].getsockname()[1]
