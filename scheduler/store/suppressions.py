@@ -19,8 +19,9 @@ def add(conn: sa.Connection, email: str, reason: str, now: datetime, *,
         raise ValueError(f"unknown suppression reason {reason!r}")
     stmt = insert_for(conn, suppressions).values(
         email=email.strip().lower(), reason=reason, at=now, campaign=campaign, detail=detail,
-    ).on_conflict_do_nothing()
-    return bool(conn.execute(stmt).rowcount)
+    ).on_conflict_do_nothing().returning(suppressions.c.email)
+    # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT through SQLAlchemy.
+    return conn.execute(stmt).first() is not None
 
 
 def remove(conn: sa.Connection, email: str) -> bool:
