@@ -76,7 +76,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def require_postfix_tools() -> None:
+    """smtp-sink/smtp-source are the C reference; say how to get them instead of a traceback."""
+    missing = [p for p in ("/usr/sbin/smtp-sink", "/usr/sbin/smtp-source") if not Path(p).exists()]
+    if missing:
+        raise SystemExit(f"{', '.join(missing)} not found: install Debian's postfix package "
+                         "(sudo DEBIAN_FRONTEND=noninteractive apt-get install -y postfix)")
+
+
 def start_sink(port: int) -> subprocess.Popen[bytes]:
+    require_postfix_tools()
     proc = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", f"127.0.0.1:{port}",
                              "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 5
