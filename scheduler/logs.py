@@ -22,6 +22,15 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
 
 
+def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    # RedactSecrets pre-renders (and cleans) tracebacks into exc_text.
+    if record.exc_text:
+        return record.exc_text
+    if record.exc_info:
+        return formatter.formatException(record.exc_info)
+    return None
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
@@ -31,8 +40,9 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         payload.update(_extras(record))
-        if record.exc_info:
-            payload["exc"] = self.formatException(record.exc_info)
+        exc = _exception_text(self, record)
+        if exc:
+            payload["exc"] = exc
         return json.dumps(payload, default=str)
 
 
@@ -44,8 +54,9 @@ class TextFormatter(logging.Formatter):
         line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
         if context:
             line += f"  [{context}]"
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        exc = _exception_text(self, record)
+        if exc:
+            line += "\n" + exc
         return line
 
 
@@ -54,7 +65,15 @@ class RedactSecrets(logging.Filter):
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self.secrets = [s for s in secrets if s and len(s) >= 4]
+        self.secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """More values to hide (webhook URLs and database passwords from the config)."""
+        known = set(self.secrets)
+        self.secrets += [s for s in secrets if s and len(s) >= 4 and s not in known]
+        # Longest first, so a URL is hidden whole before a shorter secret inside it.
+        self.secrets.sort(key=len, reverse=True)
 
     def _clean(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -69,7 +88,46 @@ class RedactSecrets(logging.Filter):
         record.args = None
         for key, value in _extras(record).items():
             setattr(record, key, self._clean(value))
+        if record.exc_info:
+            # Tracebacks carry exception messages (an SMTP reply echoing a password, a
+            # webhook URL): render once, clean, and drop the raw exception.
+            record.exc_text = self._clean(_PLAIN.formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = self._clean(record.exc_text)
         return True
+
+
+_PLAIN = logging.Formatter()
+_REDACTOR: RedactSecrets | None = None
+
+
+def redact_also(values: Iterable[str]) -> None:
+    """Register secrets found in the config once it is loaded (and again on reload)."""
+    if _REDACTOR is not None:
+        _REDACTOR.add(values)
+
+
+def config_secret_values(config: Any) -> list[str]:
+    """Webhook URLs are credentials (Slack's carry their token in the path); audience
+    database URLs may carry a password."""
+    from sqlalchemy.engine import make_url
+
+    values: list[str] = []
+    targets = list(getattr(config.checks, "alerts", []))
+    for campaign in config.campaigns.values():
+        targets += list(getattr(campaign, "notify", []) or [])
+        audience = getattr(campaign, "audience", None)
+        database = getattr(audience, "database", None)
+        if database:
+            try:
+                password = make_url(database).password
+            except Exception:
+                password = None
+            if password:
+                values.append(str(password))
+    values += [t.webhook for t in targets if getattr(t, "webhook", None)]
+    return values
 
 
 def secret_values(settings: Settings) -> list[str]:
@@ -91,7 +149,9 @@ def setup_logging(settings: Settings, stream: Any = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_format == LogFormat.json
                          else TextFormatter())
-    handler.addFilter(RedactSecrets(secret_values(settings)))
+    global _REDACTOR
+    _REDACTOR = RedactSecrets(secret_values(settings))
+    handler.addFilter(_REDACTOR)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

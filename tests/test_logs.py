@@ -73,3 +73,41 @@ def test_settings_masked_hides_every_secret() -> None:
     assert "p4ss-word" not in text and "pw-in-url" not in text
     assert masked["smtp_password"] == "********"
     assert masked["database_url"] == "postgresql+psycopg://u:********@127.0.0.1/db"
+
+
+def test_tracebacks_are_redacted_too(restore_logging: None) -> None:
+    stream = io.StringIO()
+    setup_logging(_settings(smtp_password=SecretStr("relay-pa55-in-reply")), stream)
+    try:
+        raise RuntimeError("535 auth failed for password relay-pa55-in-reply")
+    except RuntimeError:
+        logging.getLogger("martech.test").exception("send failed")
+    out = stream.getvalue()
+    assert "Traceback" in out and "535 auth failed" in out
+    assert "relay-pa55-in-reply" not in out
+
+
+def test_webhook_urls_from_the_config_are_redacted(restore_logging: None, tmp_path: object,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    from pathlib import Path
+
+    from scheduler.config.loader import load_config
+
+    root = Path(str(tmp_path)) / "config"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "config", root)
+    hook = "https://hooks.example.invalid/services/T000/B000/s3cr3t-token"
+    monkeypatch.setenv("IT_HOOK", hook)
+    checks = (root / "checks.yaml").read_text()
+    (root / "checks.yaml").write_text(checks.replace(
+        "alerts:\n", 'alerts:\n  - {webhook: "${IT_HOOK}"}\n', 1))
+    stream = io.StringIO()
+    setup_logging(_settings(log_format=LogFormat.json), stream)
+    load_config(root)
+    try:
+        raise ConnectionError(f"POST {hook} failed")
+    except ConnectionError:
+        logging.getLogger("martech.test").exception("webhook to %s failed", hook)
+    out = stream.getvalue()
+    assert "s3cr3t-token" not in out
+    assert "webhook to ******** failed" in out

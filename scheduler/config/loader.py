@@ -13,6 +13,7 @@ from scheduler.config.checks import ChecksFile
 from scheduler.config.yaml_lines import PathKey, YamlDocument, load_yaml
 from scheduler.errors import ConfigError, Problem
 from scheduler.gcpause import gc_paused
+from scheduler.logs import config_secret_values, redact_also
 
 _CAMPAIGN = TypeAdapter(Campaign)
 _KINDS = ("newsletter", "post_reminder", "report")
@@ -173,6 +174,8 @@ def _load_config(config_dir: Path) -> LoadedConfig:
     problems += _cross_references(loaded, checks_doc)
     if problems:
         raise ConfigError(problems)
+    # Webhook URLs and database passwords in the config join the log redaction list.
+    redact_also(config_secret_values(loaded))
     return loaded
 
 

@@ -30,7 +30,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     """An engine for ``url``; creates the directory of a SQLite file if needed."""
     parsed = sa.engine.make_url(url)
-    kwargs: dict[str, Any] = {"echo": echo, "future": True}
+    # hide_parameters: statement parameters (addresses, payloads with webhook URLs) never
+    # appear in exception messages, which end up in logs.
+    kwargs: dict[str, Any] = {"echo": echo, "future": True, "hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
