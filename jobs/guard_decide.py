@@ -229,20 +229,25 @@ def sync_maintenance(conn: sa.Connection, env: Env, now: datetime) -> list[str]:
                                   held=held_summary(conn, started),
                                   dedupe=f"maint:{window.name}:{span.key()}:start"))
             events.append(f"{window.name}:start")
-    have: dict[str, list[str]] = {}
-    for row in conn.execute(sa.select(pauses_table.c.campaign, pauses_table.c.reason)
+    have: dict[str, list[tuple[str, datetime]]] = {}
+    for row in conn.execute(sa.select(pauses_table.c.campaign, pauses_table.c.reason,
+                                      pauses_table.c.since)
                             .where(pauses_table.c.reason.like("maintenance:%"))):
-        have.setdefault(row.reason.removeprefix("maintenance:"), []).append(row.campaign)
-    for window_name, campaigns in sorted(have.items()):
-        ending = sorted(c for c in campaigns if c not in active.get(window_name, set()))
+        have.setdefault(row.reason.removeprefix("maintenance:"), []).append(
+            (row.campaign, row.since))
+    for window_name, rows in sorted(have.items()):
+        candidates = [(c, since) for c, since in rows if c not in active.get(window_name, set())]
+        # Only what this node actually released: with several nodes, the one whose delete
+        # wins alerts; the key is the window's own start, not this node's clock.
+        ending = sorted(c for c, _since in candidates
+                        if pauses.remove(conn, c, pauses.maintenance_reason(window_name), now))
         if not ending:
             continue
-        for campaign in ending:
-            pauses.remove(conn, campaign, pauses.maintenance_reason(window_name), now)
+        started_at = min(since for c, since in candidates if c in ending)
         still = _still_paused(conn, ending)
         env.alert(conn, Alert("maintenance_end", window_name, now,
                               resumed=[c for c in ending if c not in still],
                               still_paused=still, held=held_summary(conn, ending),
-                              dedupe=f"maint:{window_name}:{now.isoformat()}:end"))
+                              dedupe=f"maint:{window_name}:{started_at.isoformat()}:end"))
         events.append(f"{window_name}:end")
     return events
