@@ -24,7 +24,8 @@ from scheduler.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console(soft_wrap=False)
+# Piped output (logs, CI, `| less`) gets room for the tables instead of an 80-column squeeze.
+console = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, soft_wrap=True)
 
 

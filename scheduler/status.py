@@ -21,6 +21,13 @@ def fmt_time(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
 
 
+def short_time(iso: str | None) -> str:
+    """Tables show minutes in UTC; --json keeps full ISO timestamps for scripts."""
+    if not iso:
+        return "—"
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def schedule_table(engine: Engine) -> Table:
     table = Table(title="Schedule", title_justify="left")
     for column in ("job", "kind", "when", "next fire"):
@@ -67,7 +74,7 @@ def checks_table(conn: sa.Connection, config: LoadedConfig) -> Table:
     for column in ("check", "type", "state", "since", "last result", "holds paused"):
         table.add_column(column)
     for row in check_rows(conn, config):
-        table.add_row(row["check"], row["type"], row["verdict"], row["since"] or "—",
+        table.add_row(row["check"], row["type"], row["verdict"], short_time(row["since"]),
                       row["last_result"] or "—", ", ".join(row["paused_campaigns"]) or "—")
     if not config.checks.checks:
         table.add_row("(no checks configured)", "", "", "", "", "")
@@ -126,6 +133,6 @@ def campaigns_table(rows: list[dict[str, Any]]) -> Table:
         if row["missed"]:
             outcome += f"; {row['missed']} missed"
         table.add_row(row["campaign"] + ("" if row["enabled"] else " (disabled)"), row["kind"],
-                      row["schedule"], row["next_run"] or "—", row["last_run"] or "—",
+                      row["schedule"], short_time(row["next_run"]), short_time(row["last_run"]),
                       outcome, paused)
     return table
