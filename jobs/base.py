@@ -55,6 +55,24 @@ class JobKind(Protocol):
         """Checks beyond the schema: templates compile, files readable, …"""
         ...
 
+    # Optional (not declared here, so kinds without it still satisfy the protocol):
+    #     async def on_abandoned(self, ctx, campaign, run, reason: str) -> None
+    # See AbandonsRuns: the engine looks it up with getattr and awaits it when present.
+
+
+class AbandonsRuns(Protocol):
+    """The optional hook of a :class:`JobKind`, called when the engine gives a run up.
+
+    After an interruption (a run never started within its grace → ``missed``; a started run
+    past its max delay → ``skipped``) or a hold past max delay (``skipped``), the engine
+    awaits ``job.on_abandoned(ctx, campaign, run, reason)`` if the kind has it, so the kind
+    can close its own books (a newsletter marks its pending deliveries skipped). ``run``
+    carries the new status; ``reason`` is the run's detail. Must be idempotent.
+    """
+
+    async def on_abandoned(self, ctx: ServiceContext, campaign: Any, run: RunRow,
+                           reason: str) -> None: ...
+
 
 ServiceComponent = Callable[[ServiceContext], Awaitable[None]]
 CliRegistrar = Callable[[click.Group], None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -109,29 +110,44 @@ class Service:
         seen = config_fingerprint(self.settings.config_dir)
         while True:
             try:
-                await asyncio.wait_for(self._reload.wait(), self.settings.reload_poll_s)
-                self._reload.clear()
-                reason = "SIGHUP"
-            except TimeoutError:
-                current = config_fingerprint(self.settings.config_dir)
-                if current == seen:
-                    continue
-                reason = "config files changed"
-            seen = config_fingerprint(self.settings.config_dir)
-            self.reload(reason)
+                seen = await self._watch_once(seen)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # e.g. a file vanishing mid-scan: the watcher keeps watching
+                log.exception("config watch failed; still watching",
+                              extra={"action": "reload_failed"})
+                await asyncio.sleep(self.settings.reload_poll_s)
+
+    async def _watch_once(self, seen: dict[Path, float]) -> dict[Path, float]:
+        """Wait for SIGHUP or a file change (one poll); reload; return the new fingerprint."""
+        try:
+            await asyncio.wait_for(self._reload.wait(), self.settings.reload_poll_s)
+            self._reload.clear()
+            reason = "SIGHUP"
+        except TimeoutError:
+            if config_fingerprint(self.settings.config_dir) == seen:
+                return seen
+            reason = "config files changed"
+        seen = config_fingerprint(self.settings.config_dir)
+        self.reload(reason)
+        return seen
 
     def reload(self, reason: str) -> bool:
         """Load the new config; keep the old one running if it is invalid."""
         assert self.ctx is not None and self.engine is not None
         try:
             config = load_and_validate(self.settings, self.registry)
+            self.engine.reload(config)  # builds every spec before swapping anything
         except ConfigError as exc:
             log.error("config reload rejected (%s); the previous config keeps running:\n%s",
                       reason, exc, extra={"action": "reload_rejected",
                                           "problems": len(exc.problems)})
             return False
-        self.ctx.config = config
-        self.engine.reload()
+        except Exception:
+            # A bug in a job kind (or an unreadable file) must not kill the config watcher.
+            log.exception("config reload failed (%s); the previous config keeps running",
+                          reason, extra={"action": "reload_failed"})
+            return False
         log.info("config reloaded (%s)", reason, extra={"action": "reload",
                                                        "schedules": len(self.engine.specs)})
         return True

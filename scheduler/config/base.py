@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -30,11 +31,26 @@ def _check_timezone(value: str) -> str:
     return value
 
 
-def _check_cron(value: str) -> str:
+# Any reference will do: a cron that fires at all fires within the bounded search of
+# `next_slot` (eight years: even 29 February recurs within that).
+_CRON_REFERENCE = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cron_problem(value: str) -> str | None:
+    """Why ``value`` is not a usable cron, or None (cached: configs repeat expressions)."""
     try:
-        CronExpression.parse(value)
+        CronExpression.parse(value).next_slot(_CRON_REFERENCE, ZoneInfo("UTC"))
     except CronSyntaxError as exc:
-        raise ValueError(f"bad cron expression {value!r}: {exc}") from exc
+        # "0 9 30 2 *" parses but never fires: caught here, not when the engine starts.
+        return f"bad cron expression {value!r}: {exc}"
+    return None
+
+
+def _check_cron(value: str) -> str:
+    problem = _cron_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
