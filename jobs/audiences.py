@@ -21,6 +21,13 @@ from scheduler.errors import MartechError
 
 SQL_YIELD_PER = 2000
 MAX_EXAMPLES = 20
+# An audience database that is down or a query that never ends must fail the run with a clear
+# error, not hang it. The statement timeout applies per statement (a streamed result is fetched
+# in several), so it bounds a slow query, not a long list; SQLite has no statement timeout,
+# only a wait for locks.
+SQL_CONNECT_TIMEOUT_S = 10
+SQL_STATEMENT_TIMEOUT_S = 300.0
+SQL_POOL_TIMEOUT_S = 30.0
 
 
 class AudienceError(MartechError):
@@ -108,12 +115,43 @@ def iter_csv(path: Path, audience: AudienceConfig, stats: AudienceStats
             yield email, variables, reader.line_num
 
 
+def engine_options(url: str, *, statement_timeout_s: float) -> dict[str, Any]:
+    """``create_engine`` keyword arguments that put timeouts on an audience database."""
+    parsed = sa.engine.make_url(url)
+    options: dict[str, Any] = {"pool_timeout": SQL_POOL_TIMEOUT_S}
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        existing = parsed.query.get("options")  # connect_args would replace it: keep it
+        if isinstance(existing, tuple):
+            existing = " ".join(existing)
+        statement = f"-c statement_timeout={round(statement_timeout_s * 1000)}"
+        options["connect_args"] = {
+            "connect_timeout": SQL_CONNECT_TIMEOUT_S,
+            "options": f"{existing} {statement}" if existing else statement}
+    elif backend == "sqlite":
+        options["connect_args"] = {"timeout": statement_timeout_s}
+        if parsed.database in (None, "", ":memory:"):
+            del options["pool_timeout"]  # a SingletonThreadPool has no timeout
+    return options
+
+
+def _failure(exc: sa.exc.SQLAlchemyError, statement_timeout_s: float) -> AudienceError:
+    first = str(exc).splitlines()[0]
+    if "statement timeout" in first:
+        return AudienceError("audience.sql", f"query cancelled: it ran longer than the "
+                             f"statement timeout ({statement_timeout_s:g} s)")
+    return AudienceError("audience.sql", f"query failed: {type(exc).__name__}: {first}")
+
+
 def iter_sql(audience: AudienceConfig, stats: AudienceStats
              ) -> Iterator[tuple[str, dict[str, Any], int]]:
     """Rows of a SELECT, streamed with a server-side cursor where the driver has one."""
     assert audience.sql is not None and audience.database is not None
+    timeout_s = SQL_STATEMENT_TIMEOUT_S
     try:
-        engine = sa.create_engine(audience.database)
+        engine = sa.create_engine(audience.database,
+                                  **engine_options(audience.database,
+                                                   statement_timeout_s=timeout_s))
     except Exception as exc:
         raise AudienceError("audience.database", f"bad database URL: {exc}") from exc
     try:
@@ -135,8 +173,7 @@ def iter_sql(audience: AudienceConfig, stats: AudienceStats
                 variables["tags"] = _tags(variables.get("tags"))
                 yield email, variables, number
     except sa.exc.SQLAlchemyError as exc:
-        raise AudienceError("audience.sql", f"query failed: {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0]}") from exc
+        raise _failure(exc, timeout_s) from exc
     finally:
         engine.dispose()
 

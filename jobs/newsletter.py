@@ -15,6 +15,7 @@ from scheduler.delivery.base import Transport
 from scheduler.delivery.factory import make_transport
 from scheduler.errors import MartechError, Problem
 from scheduler.settings import Settings
+from scheduler.store import deliveries as ledger
 from scheduler.store.runs import RunRow
 
 log = logging.getLogger("martech.newsletter")
@@ -36,6 +37,21 @@ class NewsletterJob:
 
     async def execute(self, ctx: ServiceContext, campaign: Any, run: RunRow) -> RunResult:
         return await send_run(ctx, campaign, run.id, on_pause="return")
+
+    async def on_abandoned(self, ctx: ServiceContext, campaign: Any, run: RunRow,
+                           reason: str) -> None:
+        """The engine gave up on ``run`` (missed, or skipped past max_delay) without it
+        finishing: its pending rows are marked ``skipped`` so none waits forever."""
+
+        def _skip() -> int:
+            with ctx.begin() as conn:
+                return ledger.skip_pending(conn, run.id, reason)
+
+        skipped = await ctx.in_thread(_skip)
+        if skipped:
+            log.info("%d pending deliveries skipped: %s", skipped, reason,
+                     extra={"action": "abandon", "job": run.campaign, "run_id": run.id,
+                            "count": skipped})
 
     def validate(self, campaign: Any, config: LoadedConfig, settings: Settings) -> list[Problem]:
         from jobs.newsletter_validate import validate_newsletter

@@ -129,8 +129,10 @@ def register(group: click.Group) -> None:
         _rendered, message = _message(state, config, camp, email, variables, to=to.strip(),
                                       subject_prefix="[TEST] ")
 
+        from jobs.newsletter_claims import cli_settings
+
         async def _go() -> Any:
-            transport = make_transport(state.settings)
+            transport = make_transport(cli_settings(state.settings))
             try:
                 return await transport.send(message)
             finally:

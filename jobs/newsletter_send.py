@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from jobs import newsletter_claims as claims
 from jobs.audiences import AudienceStats, iter_audience
 from jobs.base import RunResult
 from jobs.newsletter_prepare import Prepared, compose
@@ -33,6 +34,11 @@ log = logging.getLogger("martech.newsletter")
 
 MATERIALISE_CHUNK = 2000
 POLL_S = 0.5
+# A batch's outcomes are only in memory until recorded: a transient database error (a lock, a
+# dropped connection, a fail-over) is retried after these pauses before the run gives up and
+# raises (the engine then re-spawns it; the rows still ``sending`` are resolved by policy).
+RECORD_RETRY_DELAYS_S: tuple[float, ...] = (0.1, 0.5, 2.0)
+TRANSIENT_DB_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError)
 
 
 @dataclass
@@ -76,6 +82,7 @@ class Sender:
         self.window: deque[bool] = deque(maxlen=self.campaign.error_budget.window)
         self.stats: dict[str, Any] = {}
         self.extra = {"job": self.campaign.name, "run_id": run_id}
+        self.own_live = False  # another sender of this process is on the same run
 
     # -- materialise -------------------------------------------------------------------------
 
@@ -119,14 +126,24 @@ class Sender:
     def _start(self) -> None:
         now = self.ctx.clock.now()
         with self.ctx.begin() as conn:
-            recovered = ledger.recover(conn, self.run_id, self.campaign.send.delivery, now)
             self.limiter.load(conn, now)
+        self._recover()
+
+    def _recover(self) -> int:
+        """Resolve dead claimers' ``sending`` rows; return how many are still in flight."""
+        now = self.ctx.clock.now()
+        with self.ctx.begin() as conn:
+            recovered = claims.recover(conn, self.run_id, self.campaign.send.delivery, now,
+                                       node=self.ctx.node, settings=self.ctx.settings,
+                                       own_live=self.own_live)
             self._refresh(conn)
+            in_flight = ledger.in_flight(conn, self.run_id)
         if recovered:
             log.warning("%d deliveries were mid-send at a crash: %s", recovered,
                         "marked unknown" if self.campaign.send.delivery == "at_most_once"
                         else "re-sending with the same Message-ID",
                         extra={**self.extra, "action": "recover", "count": recovered})
+        return in_flight
 
     def _refresh(self, conn: sa.Connection) -> None:
         counts = ledger.counts(conn, self.run_id)
@@ -142,6 +159,11 @@ class Sender:
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> RunResult:
+        with claims.active(str(self.ctx.db.url), self.ctx.node, self.run_id) as others:
+            self.own_live = others > 0
+            return await self._run()
+
+    async def _run(self) -> RunResult:
         self.stats = await self.ctx.in_thread(self.materialise)
         await self.ctx.in_thread(self._start)
         self._report()
@@ -169,7 +191,12 @@ class Sender:
             if not batch:
                 next_at = await self.ctx.in_thread(self._next_retry)
                 if next_at is None:
-                    break
+                    # Another live sender's batch may still be in flight: the run is done
+                    # when it is recorded (or its claimer is found dead, or its lease ends).
+                    if not await self.ctx.in_thread(self._recover):
+                        break
+                    await self._sleep(POLL_S)
+                    continue
                 delay = (next_at - self.ctx.clock.now()).total_seconds()
                 await self._sleep(min(max(delay, 0.01), POLL_S))
                 continue
@@ -177,7 +204,7 @@ class Sender:
             results = await self._send_batch(batch)
             unreachable = [row for row, out in results if out.unreachable]
             attempted = [(row, out) for row, out in results if not out.unreachable]
-            await self.ctx.in_thread(self._record, attempted, [r.id for r in unreachable])
+            await self._record(attempted, [r.id for r in unreachable])
             if unreachable and not attempted:
                 error = results[0][1].error or "relay unreachable"
                 await self.ctx.in_thread(self._pause, pauses.SMTP_UNREACHABLE, error)
@@ -244,8 +271,35 @@ class Sender:
         return [(row, out or SendOutcome(ok=False, error="not attempted"))
                 for row, out in zip(batch, outcomes, strict=True)]
 
-    def _record(self, results: list[tuple[ledger.DeliveryRow, SendOutcome]],
-                release: list[int]) -> None:
+    async def _record(self, results: list[tuple[ledger.DeliveryRow, SendOutcome]],
+                      release: list[int]) -> None:
+        """Commit a batch's outcomes, retrying transient database errors (they are only in
+        memory); the counters move once the transaction has committed."""
+        for attempt, delay_s in enumerate((*RECORD_RETRY_DELAYS_S, None), start=1):
+            try:
+                tally = await self.ctx.in_thread(self._record_once, results, release)
+                break
+            except TRANSIENT_DB_ERRORS as exc:
+                if delay_s is None:
+                    log.error("cannot record a batch after %d attempts; its rows stay "
+                              "'sending' and are resolved by policy when the run resumes",
+                              attempt, extra={**self.extra, "action": "record_failed",
+                                              "count": len(results)})
+                    raise
+                log.warning("recording a batch failed (%s); retrying in %.1fs",
+                            type(exc).__name__, delay_s,
+                            extra={**self.extra, "action": "record_retry", "attempt": attempt})
+                await asyncio.sleep(delay_s)  # not _sleep: a stop must not drop outcomes
+        p = self.progress
+        p.sent += tally.sent
+        p.failed += tally.failed
+        p.bounced += tally.bounced
+        p.retrying -= tally.sent + tally.failed + tally.bounced
+        for _row, out in results:
+            self.window.append(not out.ok)
+
+    def _record_once(self, results: list[tuple[ledger.DeliveryRow, SendOutcome]],
+                     release: list[int]) -> ledger.BatchTally:
         send = self.campaign.send
         with self.ctx.begin() as conn:
             ledger.release(conn, release)
@@ -254,16 +308,13 @@ class Sender:
                                   max_attempts=send.max_attempts, backoff=send.retry_backoff)
             self.limiter.save(conn)
             p = self.progress
-            p.sent += tally.sent
-            p.failed += tally.failed
-            p.bounced += tally.bounced
-            p.retrying -= tally.sent + tally.failed + tally.bounced
-            self.stats.update(sent=p.sent, failed=p.failed, bounced=p.bounced,
-                              unknown=p.unknown, pending=p.retrying)
-            conn.execute(sa.update(runs).where(runs.c.id == self.run_id)
-                         .values(stats=dict(self.stats)))
-        for _row, out in results:
-            self.window.append(not out.ok)
+            done = tally.sent + tally.failed + tally.bounced
+            stats = dict(self.stats, sent=p.sent + tally.sent, failed=p.failed + tally.failed,
+                         bounced=p.bounced + tally.bounced, unknown=p.unknown,
+                         pending=p.retrying - done)
+            conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(stats=stats))
+        self.stats = stats
+        return tally
 
     def _budget_exceeded(self) -> bool:
         budget = self.campaign.error_budget

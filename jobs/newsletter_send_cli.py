@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
+from jobs import newsletter_claims as claims
 from jobs.newsletter import send_run
 from jobs.newsletter_send import Progress as SendProgress
 from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
 from scheduler.store import runs as run_store
 from scheduler.store.runs import Claim
+from scheduler.store.tables import runs
+
+log = logging.getLogger("martech.newsletter")
 
 
 def _claim_or_resume(ctx: ServiceContext, name: str) -> tuple[int, bool]:
@@ -25,6 +32,8 @@ def _claim_or_resume(ctx: ServiceContext, name: str) -> tuple[int, bool]:
         for run in run_store.by_status(conn, ["pending", "running", "held"], campaign=name):
             if run.trigger == "manual":
                 run_store.set_status(conn, run.id, "running", now)
+                # ours now: the service must not adopt it while our heartbeat is fresh
+                conn.execute(sa.update(runs).where(runs.c.id == run.id).values(node=ctx.node))
                 return run.id, True
         claim = Claim(f"{name}#manual", name, "newsletter", now, f"manual:{now.isoformat()}",
                       trigger="manual")
@@ -37,10 +46,46 @@ def _claim_or_resume(ctx: ServiceContext, name: str) -> tuple[int, bool]:
 async def run_send(state: Any, config: LoadedConfig, campaign: Any, *, quiet: bool,
                    console: Console, signals: Sequence[signal.Signals],
                    clock_s: Callable[[], float]) -> int:
-    ctx = ServiceContext(state.settings, config, state.db())
+    # A node name of our own (``<node>:cli:<pid>``), heartbeating while we send: the service
+    # sees a live CLI send as someone else's, and a restarted CLI sees a killed one as dead.
+    ctx = ServiceContext(claims.cli_settings(state.settings), config, state.db())
     loop = asyncio.get_running_loop()
     for sig in signals:
         loop.add_signal_handler(sig, ctx.stopping.set)
+    await ctx.in_thread(_beat, ctx)
+    beating = asyncio.create_task(_heartbeat(ctx))
+    try:
+        return await _send(ctx, campaign, quiet=quiet, console=console, clock_s=clock_s)
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
+            await ctx.in_thread(_forget, ctx)
+        ctx.db.dispose()
+
+
+def _beat(ctx: ServiceContext) -> None:
+    with ctx.begin() as conn:
+        claims.beat(conn, ctx.node, ctx.clock.now())
+
+
+def _forget(ctx: ServiceContext) -> None:
+    with ctx.begin() as conn:
+        claims.forget(conn, ctx.node)
+
+
+async def _heartbeat(ctx: ServiceContext) -> None:
+    while True:
+        await asyncio.sleep(ctx.settings.heartbeat_interval_s)
+        try:
+            await ctx.in_thread(_beat, ctx)
+        except sa.exc.SQLAlchemyError:  # a blip; the next beat is soon enough
+            log.warning("sender heartbeat failed", extra={"action": "heartbeat"})
+
+
+async def _send(ctx: ServiceContext, campaign: Any, *, quiet: bool, console: Console,
+                clock_s: Callable[[], float]) -> int:
     run_id, resumed = await ctx.in_thread(_claim_or_resume, ctx, campaign.name)
     console.print(f"{'resuming' if resumed else 'starting'} run {run_id} of {campaign.name}",
                   markup=False)
@@ -80,5 +125,4 @@ async def run_send(state: Any, config: LoadedConfig, campaign: Any, *, quiet: bo
     if result.status == "interrupted":
         console.print(f"interrupted: run `martech send {campaign.name} --now` again to resume",
                       markup=False)
-    ctx.db.dispose()
     return 0 if result.status == "done" else 1

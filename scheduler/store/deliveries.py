@@ -2,12 +2,13 @@
 
 pending → sending → sent | failed | bounced | unknown (and ``skipped`` for suppressed rows).
 A batch is claimed (``sending``) in one transaction and its outcomes are recorded in one more;
-rows found in ``sending`` after a crash were mid-transaction and are resolved by policy.
+rows found in ``sending`` after a crash were mid-transaction and are resolved by policy —
+only a dead claimer's rows (see ``jobs.newsletter_claims``), never a live sender's batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,9 +62,17 @@ def assign_message_ids(conn: sa.Connection, run_id: int, prefix: str, suffix: st
                 + sa.literal(suffix)))
 
 
-def recover(conn: sa.Connection, run_id: int, policy: str, now: datetime) -> int:
-    """Rows left in ``sending`` by a crash: ``unknown`` (at_most_once) or re-sent."""
-    stuck = (deliveries.c.run_id == run_id) & (deliveries.c.status == "sending")
+def recover(conn: sa.Connection, run_id: int, policy: str, now: datetime, *,
+            claimers: Collection[str], lease: timedelta) -> int:
+    """Rows left in ``sending`` by a dead claimer: ``unknown`` (at_most_once) or re-sent.
+
+    Only rows claimed by one of ``claimers`` (this node, or nodes known dead), by nobody, or
+    longer ago than ``lease`` are touched: another live sender's in-flight batch is its own.
+    """
+    owner = sa.or_(deliveries.c.claimed_by.is_(None), deliveries.c.claimed_at.is_(None),
+                   deliveries.c.claimed_at < now - lease,
+                   deliveries.c.claimed_by.in_(list(claimers)))
+    stuck = (deliveries.c.run_id == run_id) & (deliveries.c.status == "sending") & owner
     if policy == "at_least_once":
         values: dict[str, Any] = {"status": "pending", "next_attempt_at": None,
                                   "last_error": "re-sent after a crash (at_least_once)"}
@@ -71,6 +80,21 @@ def recover(conn: sa.Connection, run_id: int, policy: str, now: datetime) -> int
         values = {"status": "unknown",
                   "last_error": "interrupted mid-send; not re-sent (at_most_once)"}
     result = conn.execute(sa.update(deliveries).where(stuck).values(**values))
+    return int(result.rowcount or 0)
+
+
+def in_flight(conn: sa.Connection, run_id: int) -> int:
+    """How many rows of the run are claimed (``sending``) and not yet recorded."""
+    return int(conn.execute(sa.select(sa.func.count()).where(
+        deliveries.c.run_id == run_id, deliveries.c.status == "sending")).scalar() or 0)
+
+
+def skip_pending(conn: sa.Connection, run_id: int, reason: str) -> int:
+    """An abandoned run (missed, skipped past its max delay): its pending rows never go out."""
+    result = conn.execute(
+        sa.update(deliveries)
+        .where(deliveries.c.run_id == run_id, deliveries.c.status == "pending")
+        .values(status="skipped", last_error=reason[:1000], next_attempt_at=None))
     return int(result.rowcount or 0)
 
 
