@@ -70,17 +70,21 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextmanager
-def active(db_url: str, node: str, run_id: int) -> Iterator[int]:
-    """Mark a sender active on ``run_id`` in this process; yields how many others are."""
+def active(db_url: str, node: str, run_id: int) -> Iterator[None]:
+    """Mark a sender active on ``run_id`` in this process (see ``others_active``)."""
     key = (db_url, node, run_id)
-    others = _ACTIVE[key]
     _ACTIVE[key] += 1
     try:
-        yield others
+        yield
     finally:
         _ACTIVE[key] -= 1
         if not _ACTIVE[key]:
             del _ACTIVE[key]
+
+
+def others_active(db_url: str, node: str, run_id: int) -> bool:
+    """Is another sender of this process (besides the caller, inside ``active``) on the run?"""
+    return _ACTIVE[(db_url, node, run_id)] > 1
 
 
 def dead_claimers(conn: sa.Connection, run_id: int, now: datetime, *, node: str,
@@ -130,3 +134,15 @@ def beat(conn: sa.Connection, node: str, now: datetime) -> None:
 def forget(conn: sa.Connection, node: str) -> None:
     conn.execute(sa.delete(node_heartbeats).where(node_heartbeats.c.node == node,
                                                   node_heartbeats.c.role == SENDER_ROLE))
+
+
+def prune_dead_cli(conn: sa.Connection, node: str) -> int:
+    """Forget the heartbeats of this host's killed CLI senders (they cannot clean up)."""
+    here = base_node(node)
+    names = conn.execute(sa.select(node_heartbeats.c.node).where(
+        node_heartbeats.c.role == SENDER_ROLE)).scalars().all()
+    dead = [n for n in names if (m := _CLI.match(n)) and m["base"] == here
+            and not _pid_alive(int(m["pid"]))]
+    for name in dead:
+        forget(conn, name)
+    return len(dead)

@@ -82,7 +82,6 @@ class Sender:
         self.window: deque[bool] = deque(maxlen=self.campaign.error_budget.window)
         self.stats: dict[str, Any] = {}
         self.extra = {"job": self.campaign.name, "run_id": run_id}
-        self.own_live = False  # another sender of this process is on the same run
 
     # -- materialise -------------------------------------------------------------------------
 
@@ -159,9 +158,14 @@ class Sender:
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> RunResult:
-        with claims.active(str(self.ctx.db.url), self.ctx.node, self.run_id) as others:
-            self.own_live = others > 0
+        with claims.active(str(self.ctx.db.url), self.ctx.node, self.run_id):
             return await self._run()
+
+    @property
+    def own_live(self) -> bool:
+        """Another sender of this process is on the run: rows claimed under our node name
+        may be its in-flight batch, not crash leftovers."""
+        return claims.others_active(str(self.ctx.db.url), self.ctx.node, self.run_id)
 
     async def _run(self) -> RunResult:
         self.stats = await self.ctx.in_thread(self.materialise)

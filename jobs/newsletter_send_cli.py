@@ -52,7 +52,7 @@ async def run_send(state: Any, config: LoadedConfig, campaign: Any, *, quiet: bo
     loop = asyncio.get_running_loop()
     for sig in signals:
         loop.add_signal_handler(sig, ctx.stopping.set)
-    await ctx.in_thread(_beat, ctx)
+    await ctx.in_thread(_beat, ctx, True)
     beating = asyncio.create_task(_heartbeat(ctx))
     try:
         return await _send(ctx, campaign, quiet=quiet, console=console, clock_s=clock_s)
@@ -65,8 +65,10 @@ async def run_send(state: Any, config: LoadedConfig, campaign: Any, *, quiet: bo
         ctx.db.dispose()
 
 
-def _beat(ctx: ServiceContext) -> None:
+def _beat(ctx: ServiceContext, first: bool = False) -> None:
     with ctx.begin() as conn:
+        if first:
+            claims.prune_dead_cli(conn, ctx.node)
         claims.beat(conn, ctx.node, ctx.clock.now())
 
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,10 @@ async def test_cli_send_uses_its_own_node_name_and_heartbeats(
     settings = settings_for(tmp_path, sqlite_url, transport="file")
     engine = make_engine(sqlite_url)
     upgrade(engine)
+    killed, elsewhere = f"test-node:cli:{_dead_pid()}", f"other-host:cli:{_dead_pid()}"
+    with engine.begin() as conn:  # a CLI killed here earlier; one on another host
+        for name in (killed, elsewhere):
+            heartbeats.beat(conn, name, "sender", datetime(2026, 1, 1, tzinfo=UTC))
     seen: list[tuple[str | None, list[str]]] = []
 
     class State:
@@ -230,7 +234,7 @@ async def test_cli_send_uses_its_own_node_name_and_heartbeats(
             if not seen:
                 with engine.begin() as conn:
                     run = run_store.by_status(conn, ["running"])[0]
-                    beats = [r.node for r in conn.execute(sa.select(node_heartbeats.c.node))]
+                    beats = sorted(conn.execute(sa.select(node_heartbeats.c.node)).scalars())
                 seen.append((run.node, beats))
             return SendOutcome(ok=True, code=250)
 
@@ -249,9 +253,9 @@ async def test_cli_send_uses_its_own_node_name_and_heartbeats(
                           console=Console(quiet=True), signals=(), clock_s=lambda: 0.0)
     expected = f"test-node:cli:{os.getpid()}"
     assert code == 0
-    assert seen == [(expected, [expected])]
-    with engine.begin() as conn:  # its heartbeat row goes with it
-        assert conn.execute(sa.select(sa.func.count()).select_from(node_heartbeats)).scalar() == 0
+    assert seen == [(expected, sorted([elsewhere, expected]))]
+    with engine.begin() as conn:  # its heartbeat row goes with it; the killed one's is pruned
+        assert conn.execute(sa.select(node_heartbeats.c.node)).scalars().all() == [elsewhere]
     engine.dispose()
 
 
