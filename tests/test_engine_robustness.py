@@ -154,6 +154,47 @@ async def test_outage_retry_stops_when_service_stops(
     assert [r.status for r in run_rows(db)] == ["running"]  # resumed on the next start
 
 
+async def test_database_blip_mid_newsletter_resumes_the_send(
+        db: SaEngine, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reviewer's case: one failed ledger write used to fail the run, stranding rows."""
+    from jobs.newsletter import NewsletterJob
+    from scheduler.store import deliveries as ledger
+    from tests.newsletter_fixtures import claim_run, context_for, settings_for, write_config
+    from tests.smtp_server import SmtpServer
+
+    recipients = [f"u{i}@example.com" for i in range(30)]
+    write_config(tmp_path, rows=recipients)
+    real, calls = ledger.record, {"n": 0}
+
+    def flaky(conn: sa.Connection, **kw: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise outage()
+        return real(conn, **kw)
+
+    monkeypatch.setattr(ledger, "record", flaky)
+    with SmtpServer() as server:
+        ctx = context_for(settings_for(tmp_path, db_url, port=server.port))
+        try:
+            run_id = claim_run(ctx, T0)
+            registry = Registry()
+            registry.add_kind(NewsletterJob())
+            engine = Engine(ctx, registry)
+            engine.retry_first_s = 0.01
+            result = await engine.execute(run_id)
+            with ctx.begin() as conn:
+                counts = ledger.counts(conn, run_id)
+                row = run_store.get(conn, run_id)
+        finally:
+            ctx.db.dispose()
+        got = [rcpt for message in server.received for rcpt in message.rcpt_tos]
+    assert calls["n"] > 2  # the send went on after the blip
+    assert result is not None and result.status == "done"
+    assert row is not None and row.status == "done"
+    assert not {"pending", "sending"} & set(counts)  # no recipient stranded
+    assert len(got) == len(set(got)) and set(got) <= set(recipients)  # none sent twice
+
+
 # -- 2. a bookkeeping error never leaves a run stuck until restart -----------------------------
 
 async def test_bookkeeping_error_before_start_is_retried(
