@@ -7,7 +7,6 @@ Only while nothing has been released: once a database exists in the wild, add ne
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
 from alembic import command
 
