@@ -13,6 +13,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import socket
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,8 +49,10 @@ ON_TIME_TOLERANCE = timedelta(seconds=60)
 # the remaining claims for the write lock and the GIL (bench/README.md).
 CLAIM_CHUNK = 1000
 # A job raising one of these met a dependency outage (database, network), not a bug of its
-# own: the run stays "running" and is retried after a backoff (jobs are resumable).
-OUTAGES: tuple[type[BaseException], ...] = (DBAPIError, OSError)
+# own: the run stays "running" and is retried after a backoff (jobs are resumable). Not all
+# of OSError: a missing file or a permission error is a mistake to report, not to wait out.
+OUTAGES: tuple[type[BaseException], ...] = (DBAPIError, ConnectionError, TimeoutError,
+                                            socket.gaierror)
 
 
 @dataclass(frozen=True)

@@ -126,9 +126,13 @@ async def test_outage_in_job_keeps_run_running_and_retries(
     assert [(r.status, r.detail) for r in run_rows(db)] == [("done", None)]
 
 
+@pytest.mark.parametrize("error", [ValueError("template variable missing"),
+                                   FileNotFoundError("templates/email/gone.html")],
+                         ids=["valueerror", "missing-file"])
 async def test_job_bug_still_fails_the_run(
-        db: SaEngine, db_url: str, tmp_path: Path, contexts: list[ServiceContext]) -> None:
-    kind = FlakyKind(ValueError("template variable missing"))
+        db: SaEngine, db_url: str, tmp_path: Path, contexts: list[ServiceContext],
+        error: BaseException) -> None:
+    kind = FlakyKind(error)
     engine = engine_for(contexts, db_url, tmp_path, FakeClock(T0), [FakeCampaign("c", DAILY)],
                         kind)
     [claimed] = engine.claim_due(engine.specs.values())
@@ -136,7 +140,7 @@ async def test_job_bug_still_fails_the_run(
     assert result is not None and result.status == "failed"
     assert len(kind.executed) == 1
     [row] = run_rows(db)
-    assert (row.status, row.detail) == ("failed", "ValueError: template variable missing")
+    assert (row.status, row.detail) == ("failed", f"{type(error).__name__}: {error}")
 
 
 async def test_outage_retry_stops_when_service_stops(
