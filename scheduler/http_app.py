@@ -1,0 +1,107 @@
+"""The service's HTTP app: ``/healthz``, ``/metrics`` and the unsubscribe links in e-mails.
+
+Started by ``martech run`` as the ``http`` background component; listens on
+``MARTECH_HTTP_HOST:MARTECH_HTTP_PORT`` (port 0 picks a free port, published in
+``ctx.extras["http_port"]``) until ``ctx.stopping`` is set. Meant to sit behind a reverse proxy
+at ``MARTECH_PUBLIC_BASE_URL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from aiohttp import web
+
+from scheduler.clock import utc
+from scheduler.context import ServiceContext
+from scheduler.http_unsubscribe import UnsubscribeHandlers
+from scheduler.metrics import render_from_db
+from scheduler.store import heartbeats
+
+log = logging.getLogger("martech.http")
+
+HEALTH_MAX_AGE_S = 60.0  # the default of `martech health --max-age-s`
+SHUTDOWN_TIMEOUT_S = 2.0  # in-flight requests are tiny; never hold up the service's stop
+MAX_BODY_BYTES = 16 * 1024  # the only bodies we read are one-click form posts
+BIND_RETRY_S = (1.0, 30.0)  # first and longest wait before retrying a port that is taken
+# The classic text format, which is what generate_latest() writes and every Prometheus reads.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def build_app(ctx: ServiceContext) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    unsubscribe = UnsubscribeHandlers(ctx)
+
+    async def healthz(_request: web.Request) -> web.Response:
+        age_s = await ctx.in_thread(_heartbeat_age_s, ctx)
+        if age_s is None:
+            return web.Response(status=503, text="unhealthy: no heartbeat\n")
+        if age_s >= HEALTH_MAX_AGE_S:
+            return web.Response(status=503, text=f"unhealthy: last heartbeat {age_s:.0f}s ago\n")
+        return web.Response(text=f"ok: last heartbeat {age_s:.0f}s ago\n")
+
+    async def metrics(_request: web.Request) -> web.Response:
+        body = await ctx.in_thread(_render_metrics, ctx)
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    # The exact path jobs/newsletter_prepare.py puts after MARTECH_PUBLIC_BASE_URL.
+    app.router.add_get("/unsubscribe/{token}", unsubscribe.show)
+    app.router.add_post("/unsubscribe/{token}", unsubscribe.confirm)
+    return app
+
+
+def _heartbeat_age_s(ctx: ServiceContext) -> float | None:
+    """Seconds since this node's service heartbeat, like ``martech health``."""
+    with ctx.begin() as conn:
+        rows = [r for r in heartbeats.latest(conn) if r.node == ctx.node and r.role == "service"]
+    if not rows:
+        return None
+    age: timedelta = ctx.clock.now() - utc(rows[0].at)
+    return max(age.total_seconds(), 0.0)
+
+
+def _render_metrics(ctx: ServiceContext) -> bytes:
+    config = ctx.config  # read afresh: a reload swaps it
+    with ctx.begin() as conn:
+        return render_from_db(conn, list(config.checks.checks), list(config.campaigns))
+
+
+async def run_http_app(ctx: ServiceContext) -> None:
+    """Serve until ``ctx.stopping``; a taken port is logged and retried, never fatal."""
+    host, port = ctx.settings.http_host, ctx.settings.http_port
+    # access_log=None: the request line carries unsubscribe tokens, which carry addresses.
+    runner = web.AppRunner(build_app(ctx), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    try:
+        wait_s = BIND_RETRY_S[0]
+        while not ctx.stopping.is_set():
+            try:
+                await web.TCPSite(runner, host, port).start()
+                break
+            except OSError as exc:
+                log.error("http app cannot listen on %s:%d (%s); retrying in %.0fs", host, port,
+                          exc.strerror or exc, wait_s, extra={"action": "http_bind_failed"})
+            if await _stopped_within(ctx, wait_s):
+                return
+            wait_s = min(wait_s * 2, BIND_RETRY_S[1])
+        else:
+            return
+        bound = runner.addresses[0][1]
+        ctx.extras["http_port"] = bound
+        log.info("http app listening on %s:%d", host, bound, extra={"action": "http_start"})
+        await ctx.stopping.wait()
+    finally:
+        ctx.extras.pop("http_port", None)
+        await runner.cleanup()
+
+
+async def _stopped_within(ctx: ServiceContext, wait_s: float) -> bool:
+    try:
+        await asyncio.wait_for(ctx.stopping.wait(), wait_s)
+    except TimeoutError:
+        return False
+    return True
