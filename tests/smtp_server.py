@@ -114,7 +114,7 @@ class SmtpServer:
                 "127.0.0.1", 0, ssl=self.ssl_context)
 
         self._server = asyncio.run_coroutine_threadsafe(_serve(), self._loop).result(5)
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.port = self._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         return self
 
     def stop(self) -> None:

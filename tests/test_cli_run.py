@@ -41,6 +41,7 @@ def make_env(tmp_path: Path, reports_yaml: str) -> dict[str, str]:
         "MARTECH_DATABASE_URL": f"sqlite:///{tmp_path}/var/martech.db",
         "MARTECH_NODE_NAME": "test-node",
         "MARTECH_RELOAD_POLL_S": "0.5",
+        "MARTECH_HTTP_PORT": "0",  # never collide with a real service on 8025
     }
 
 
