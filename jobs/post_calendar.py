@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+import weakref
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
@@ -182,12 +183,29 @@ def load_calendar(path: Path, display: str, tz: str) -> tuple[list[Post], list[P
     return posts, [*file_problems, *problems]
 
 
-_cache: dict[tuple[Path, float, str], tuple[list[Post], list[Problem]]] = {}
+# Calendar files parsed for one loaded configuration, keyed by ``id(config)``; LoadedConfig is
+# an unhashable dataclass, so no WeakKeyDictionary: a finalizer drops the entry with the config.
+# A run must use the posts of the configuration that was validated, never the file as it is on
+# disk now: a reload rejected for a broken calendar keeps the old config — and its old posts.
+_snapshots: dict[int, dict[tuple[Path, str], tuple[list[Post], list[Problem]]]] = {}
+
+
+def _snapshot(config: LoadedConfig) -> dict[tuple[Path, str], tuple[list[Post], list[Problem]]]:
+    key = id(config)
+    snap = _snapshots.get(key)
+    if snap is None:
+        snap = _snapshots[key] = {}
+        weakref.finalize(config, _snapshots.pop, key, None)
+    return snap
 
 
 def campaign_posts(campaign: PostReminderCampaign, config: LoadedConfig
                    ) -> tuple[list[Post], list[Problem]]:
-    """Every post of the campaign (bad calendar rows left out, and reported)."""
+    """Every post of the campaign (bad calendar rows left out, and reported).
+
+    The calendar file is read the first time ``config`` is asked about it (its validation) and
+    the result kept for that config's lifetime: later edits on disk only count after a reload.
+    """
     src = config.sources.get(campaign.name)
     where = src.file if src else campaign.name
     tz = campaign.timezone
@@ -211,13 +229,10 @@ def campaign_posts(campaign: PostReminderCampaign, config: LoadedConfig
                                     f"{entry.id!r}: use letters, digits, '-', '_', '.', ':'"))
     if campaign.calendar:
         path = config.path(campaign.calendar)
-        try:
-            key = (path, path.stat().st_mtime, tz)
-        except OSError:
-            key = (path, -1.0, tz)
-        if key not in _cache:
-            _cache[key] = load_calendar(path, str(path), tz)
-        cal_posts, cal_problems = _cache[key]
+        snap = _snapshot(config)
+        if (path, tz) not in snap:  # read once per loaded config (at validate/schedules)
+            snap[(path, tz)] = load_calendar(path, str(path), tz)
+        cal_posts, cal_problems = snap[(path, tz)]
         posts += cal_posts
         problems += cal_problems
     seen: dict[str, Post] = {}

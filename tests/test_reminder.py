@@ -298,3 +298,29 @@ async def test_posted_post_gets_no_more_reminders_and_calendar_shows_it(
     out = console.export_text()
     assert occurrence in out and "done" in out and "1d 11-26 10:00 [done]" in out
     assert "1h 11-27 09:00 [skipped]" in out
+
+
+async def test_broken_calendar_on_disk_does_not_drop_reminders_of_the_loaded_config(
+        db: SaEngine, tmp_path: Path) -> None:
+    """A reload with a broken calendar is rejected; the running config keeps its posts."""
+    import os
+
+    async with serve() as hook:
+        cfg = write_config(tmp_path, (
+            f"name: {CAMPAIGN}\nkind: post_reminder\ntimezone: America/New_York\n"
+            "calendar: content/cal.csv\nremind_before: [1h]\n"
+            f"notify: [{{webhook: '{hook.hook_url}', format: json}}]\n"), checks=False)
+        cal = cfg / "content" / "cal.csv"
+        cal.parent.mkdir()
+        cal.write_text("date,time,network,copy,id\n2026-11-27,10:00,x,Go!,bf\n",
+                       encoding="utf-8")
+        h = harness(db, tmp_path, cfg, POST_AT - timedelta(hours=3))
+        await h.tick()
+        # Someone saves a broken calendar (header lost); its mtime surely changes.
+        cal.write_text("oops\n", encoding="utf-8")
+        stamp = cal.stat().st_mtime + 60
+        os.utime(cal, (stamp, stamp))
+        assert len(await h.tick(POST_AT - timedelta(hours=1))) == 1
+    (run,) = h.runs()
+    assert run.status == "done", run.detail
+    assert [b["post_id"] for b in hook.delivered] == ["bf"]
