@@ -9,11 +9,12 @@ from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from pydantic import ValidationError
 from rich.console import Console
+from sqlalchemy import exc as sa_exc
 
 from jobs.base import Registry
 from scheduler.clock import SystemClock
@@ -83,10 +84,35 @@ def friendly_errors(fn: F) -> F:
             err_console.print(f"{len(exc.problems)} problem(s) found", markup=False)
             sys.exit(1)
         except MartechError as exc:
-            err_console.print(f"error: {exc}", markup=False, highlight=False)
-            sys.exit(1)
+            _fail(f"error: {exc}")
+        except sa_exc.DBAPIError as exc:
+            detail = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+            _fail(f"error: the database refused or could not be reached ({_database()}): "
+                  f"{detail[0] if detail else type(exc).__name__}")
+        except (sa_exc.NoSuchModuleError, sa_exc.ArgumentError, ModuleNotFoundError) as exc:
+            _fail(f"error: cannot use the database URL {_database()}: {exc}; martech supports "
+                  "sqlite:///PATH and postgresql+psycopg://USER@HOST/DB")
+        except OSError as exc:
+            # A read-only or missing var/ directory, a full disk: say which file, no traceback.
+            where = f" {exc.filename}" if exc.filename else ""
+            _fail(f"error: cannot access{where}: {exc.strerror or exc}")
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(message: str) -> NoReturn:
+    err_console.print(message, markup=False, highlight=False)
+    sys.exit(1)
+
+
+def _database() -> str:
+    """The configured database URL, password masked, for error messages."""
+    from scheduler.settings import mask_url
+
+    ctx = click.get_current_context(silent=True)
+    state = ctx.find_object(State) if ctx is not None else None
+    settings = state._settings if state is not None else None
+    return mask_url(settings.database_url) if settings is not None else "MARTECH_DATABASE_URL"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"],
@@ -261,6 +287,7 @@ def resume(state: State, name: str) -> None:
 @click.option("--max-age-s", default=60.0, show_default=True,
               help="A heartbeat older than this counts as dead.")
 @click.pass_obj
+@friendly_errors
 def health(state: State, max_age_s: float) -> None:
     """Exit 0 if this node's service heartbeat is fresh, 1 otherwise (container checks)."""
     from scheduler.clock import utc
@@ -283,6 +310,7 @@ def db() -> None:
 
 @db.command("upgrade")
 @click.pass_obj
+@friendly_errors
 def db_upgrade(state: State) -> None:
     """Apply migrations up to the latest."""
     from scheduler.settings import mask_url

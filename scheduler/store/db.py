@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+CONNECT_TIMEOUT_S = 10
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -45,6 +46,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         sa.event.listen(engine, "connect", _disable_pysqlite_begin)
         sa.event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
+    # Without it libpq waits for the kernel's TCP timeout (minutes) on a silent host.
+    kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     kwargs["pool_pre_ping"] = True
     kwargs["pool_size"] = 10
     kwargs["max_overflow"] = 20
