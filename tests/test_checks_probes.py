@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,11 +13,13 @@ from typing import Any
 import aiohttp
 import pytest
 import trustme
+from aiohttp import web as aioweb
 from aiosmtpd.smtp import SMTP as SMTPProtocol
 from aiosmtpd.smtp import AuthResult
 
 from jobs.checks.base import CheckResult, Probe, run_probe
 from jobs.checks.factory import build_probe
+from jobs.checks.http import _MAX_BODY
 from scheduler.clock import SystemClock
 from scheduler.config.checks import CheckConfig
 from tests.dns_server import DnsServer
@@ -262,3 +265,75 @@ async def test_tls_probe_expiry_and_hostname(ca: trustme.CA, ca_file: str,
         for s in servers:
             s.close()
             await s.wait_closed()
+
+
+# -- bodies bigger than one read (reviewer's finding: only the first chunk was checked) ------
+
+BIG_PAGE = ("<p>" + "filler " * 43_000 + "</p>").encode() + b"<footer>Acme build 42</footer>"
+BIG_JSON = json.dumps({"items": ["x" * 200] * 1500, "status": "ok",
+                       "db": {"ok": True}}).encode()
+
+
+@pytest.fixture
+async def big_web() -> AsyncIterator[str]:
+    """Serves large bodies in 16 KB writes with a yield between them, so the client sees
+    them arrive over several reads, as from a real site."""
+
+    async def stream(request: aioweb.Request, body: bytes, content_type: str
+                     ) -> aioweb.StreamResponse:
+        resp = aioweb.StreamResponse(headers={"Content-Type": content_type})
+        await resp.prepare(request)
+        try:
+            for i in range(0, len(body), 16_384):
+                await resp.write(body[i:i + 16_384])
+                await asyncio.sleep(0)
+            await resp.write_eof()
+        except ConnectionResetError:  # the probe stopped reading at its limit
+            pass
+        return resp
+
+    async def page(r: aioweb.Request) -> aioweb.StreamResponse:
+        return await stream(r, BIG_PAGE, "text/html; charset=utf-8")
+
+    async def doc(r: aioweb.Request) -> aioweb.StreamResponse:
+        return await stream(r, BIG_JSON, "application/json")
+
+    async def huge(r: aioweb.Request) -> aioweb.StreamResponse:
+        return await stream(r, b"a" * (_MAX_BODY + 100_000) + b"Welcome", "text/plain")
+
+    app = aioweb.Application()
+    app.router.add_get("/big", page)
+    app.router.add_get("/big.json", doc)
+    app.router.add_get("/huge", huge)
+    runner = aioweb.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = aioweb.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_http_body_checks_read_the_whole_page(big_web: str,
+                                                    session: aiohttp.ClientSession) -> None:
+    assert len(BIG_PAGE) > 300_000 and len(BIG_JSON) > 300_000
+    contains = await probe(session, {"http": {"url": big_web + "/big",
+                                              "body_contains": "Acme build 42"}})
+    assert contains.outcome == "ok", contains.detail
+    matches = await probe(session, {"http": {"url": big_web + "/big",
+                                             "body_matches": r"<footer>.*build \d+"}})
+    assert matches.outcome == "ok", matches.detail
+    field = await probe(session, {"http": {"url": big_web + "/big.json",
+                                           "json_field": {"status": "ok", "db.ok": True}}})
+    assert field.outcome == "ok", field.detail
+    wrong = await probe(session, {"http": {"url": big_web + "/big.json",
+                                           "json_field": {"db.ok": False}}})
+    assert wrong.outcome == "fail" and "JSON db.ok is True" in wrong.detail
+
+
+async def test_http_body_over_the_limit_fails_clearly(big_web: str,
+                                                      session: aiohttp.ClientSession) -> None:
+    result = await probe(session, {"http": {"url": big_web + "/huge",
+                                            "body_contains": "Welcome"}})
+    assert result.outcome == "fail"
+    assert f"body larger than {_MAX_BODY} bytes" in result.detail

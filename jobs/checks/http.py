@@ -53,7 +53,7 @@ class HttpProbe:
                     if got is None or (want != "*" and got != want):
                         raise ProbeFailed(f"header {name}: {got!r}, expected {want!r}")
                 if _needs_body(spec):
-                    raw = await step("reading body", resp.content.read(_MAX_BODY), timeout_s)
+                    raw = await step("reading body", _read_body(resp.content), timeout_s)
                     _check_body(spec, self._pattern, raw.decode(resp.charset or "utf-8",
                                                                 "replace"))
                 elapsed_s = time.perf_counter() - started
@@ -92,6 +92,18 @@ def _peer_cert(resp: aiohttp.ClientResponse) -> bytes | None:
         return None
     der: bytes | None = ssl_object.getpeercert(binary_form=True)
     return der
+
+
+async def _read_body(content: aiohttp.StreamReader) -> bytes:
+    """The whole body up to ``_MAX_BODY``: ``read(n)`` returns only what has arrived so far,
+    so a marker near the end of a big page would be missed and a healthy site called down."""
+    buf = bytearray()
+    async for chunk in content.iter_chunked(65_536):
+        buf += chunk
+        if len(buf) > _MAX_BODY:
+            raise ProbeFailed(f"body larger than {_MAX_BODY} bytes: body checks read at most "
+                              "that; point the check at a smaller health page")
+    return bytes(buf)
 
 
 def _needs_body(spec: HttpCheck) -> bool:
