@@ -108,7 +108,15 @@ class PostReminderKind:
         return problems
 
     async def execute(self, ctx: ServiceContext, campaign: Any, run: RunRow) -> RunResult:
+        """Send one reminder: the (post, lead) named by the run's schedule key.
+
+        ``martech run-job`` on a reminder campaign (key ``<campaign>#manual``) names no post:
+        it fails with a hint rather than guessing which post to remind about.
+        """
         assert isinstance(campaign, PostReminderCampaign)
+        if run.schedule_key.count("/") < 2:
+            return RunResult("failed", "run-job on a post_reminder campaign: reminders fire "
+                                       "per post; use `martech calendar` to see them")
         posts, _problems = campaign_posts(campaign, ctx.config)
         post_id, lead_name = split_key(run.schedule_key)
         post = next((p for p in posts if p.id == post_id), None)

@@ -324,3 +324,20 @@ async def test_broken_calendar_on_disk_does_not_drop_reminders_of_the_loaded_con
     (run,) = h.runs()
     assert run.status == "done", run.detail
     assert [b["post_id"] for b in hook.delivered] == ["bf"]
+
+
+async def test_run_job_on_a_reminder_campaign_fails_with_a_hint(
+        db: SaEngine, tmp_path: Path, caplog: Any) -> None:
+    cfg = write_config(tmp_path, campaign_yaml("[{email: social@acme.example}]", None),
+                       checks=False)
+    cfg.joinpath("campaigns", f"{CAMPAIGN}.yaml").write_text(
+        campaign_yaml("[{email: social@acme.example}]", None).replace(
+            "requires: [landing-page]\n", ""), encoding="utf-8")
+    h = harness(db, tmp_path, cfg, POST_AT - timedelta(days=2))
+    run_id = await h.engine.run_now(CAMPAIGN)
+    assert run_id is not None
+    (run,) = h.runs()
+    assert run.schedule_key == f"{CAMPAIGN}#manual" and run.status == "failed"
+    assert "use `martech calendar`" in run.detail
+    assert h.outbox_rows() == []
+    assert "Traceback" not in caplog.text
