@@ -137,6 +137,41 @@ def _row_post(row: dict[str, Any], tz: str, file: str, line: int | None,
                 at=local_datetime(local, tz))
 
 
+def _load_csv(path: Path, display: str, tz: str) -> tuple[list[Post], list[Problem]]:
+    """csv.reader, not DictReader: DictReader skips blank lines without counting them, so
+    ``line_num`` bookkeeping is the only way to name the physical line of each record
+    (blank lines, CRLF and multi-line quoted cells included; the BOM is dropped by utf-8-sig)."""
+    problems: list[Problem] = []
+    posts: list[Post] = []
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header: list[str] | None = None
+        last = 0  # physical lines consumed so far
+        for cells in reader:
+            start, last = last + 1, reader.line_num  # first physical line of this record
+            if not any(c.strip() for c in cells):
+                continue
+            if header is None:
+                header = [c.strip() for c in cells]
+                missing = [c for c in REQUIRED_CSV if c not in header]
+                if missing:
+                    return [], [Problem(display, start, ",".join(missing),
+                                        "missing column(s) in the header line")]
+                continue
+            if len(cells) > len(header):
+                problems.append(Problem(display, start, "", "more cells than columns"))
+                continue
+            row: dict[str, Any] = dict(zip(header, cells, strict=False))
+            row.update({name: None for name in header[len(cells):]})
+            post = _row_post(row, tz, display, start, problems)
+            if post:
+                posts.append(post)
+    if header is None:
+        return [], [Problem(display, 1, ",".join(REQUIRED_CSV),
+                            "missing column(s) in the header line")]
+    return posts, problems
+
+
 def load_calendar(path: Path, display: str, tz: str) -> tuple[list[Post], list[Problem]]:
     problems: list[Problem] = []
     posts: list[Post] = []
@@ -144,27 +179,9 @@ def load_calendar(path: Path, display: str, tz: str) -> tuple[list[Post], list[P
         return [], [Problem(display, None, "calendar", "calendar file not found")]
     if path.suffix.lower() == ".csv":
         try:
-            with path.open(newline="", encoding="utf-8-sig") as handle:
-                reader = csv.DictReader(handle)
-                missing = [c for c in REQUIRED_CSV if c not in (reader.fieldnames or [])]
-                if missing:
-                    return [], [Problem(display, 1, ",".join(missing),
-                                        "missing column(s) in the header line")]
-                last = 1
-                for row in reader:
-                    start = last + 1  # first physical line of this record
-                    last = reader.line_num
-                    if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
-                        continue
-                    if None in row:  # more cells than header columns
-                        problems.append(Problem(display, start, "", "more cells than columns"))
-                        continue
-                    post = _row_post(row, tz, display, start, problems)
-                    if post:
-                        posts.append(post)
+            return _load_csv(path, display, tz)
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             return [], [Problem(display, None, "calendar", f"cannot read CSV: {exc}")]
-        return posts, problems
     doc, file_problems = load_yaml(path, display)
     if doc is None:
         return [], file_problems

@@ -128,3 +128,23 @@ def test_cli_posted_and_calendar(tmp_path: Path) -> None:
     cal = runner.invoke(main, ["calendar", "--days", "7"], env=env)
     assert cal.exit_code == 0, cal.output
     assert "launch" in cal.output and cal.output.count("done") == 2
+
+
+def test_csv_line_numbers_survive_bom_crlf_blank_lines_and_multiline_cells(
+        tmp_path: Path) -> None:
+    lines = ["\ufeffdate,time,network,copy,id", "", "2026-11-28,09:00,x,Good,a", "", "",
+             '2026-11-29,09:00,x,"two', 'lines",b', "", "2026-11-31,09:00,x,Bad date,c",
+             "2026-12-01,09:00,x,Too,many,cells", ""]
+    path = tmp_path / "cal.csv"
+    path.write_bytes("\r\n".join(lines).encode("utf-8"))
+    posts, problems = load_calendar(path, "cal.csv", "Europe/Berlin")
+    assert {(p.line, p.field) for p in problems} == {(9, "date"), (10, "")}
+    assert [(p.id, p.source) for p in posts] == [("a", "cal.csv:3"), ("b", "cal.csv:6")]
+    assert posts[1].copy == "two\r\nlines"
+
+
+def test_csv_without_header_columns_is_reported_on_the_header_line(tmp_path: Path) -> None:
+    path = tmp_path / "cal.csv"
+    path.write_text("\n\ndate,time,copy\n2026-11-28,09:00,Hi\n", encoding="utf-8")
+    posts, problems = load_calendar(path, "cal.csv", "UTC")
+    assert posts == [] and [(p.line, p.field) for p in problems] == [(3, "network")]
