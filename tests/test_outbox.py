@@ -210,3 +210,37 @@ async def test_file_transport_writes_eml(db: Engine, t0: datetime, tmp_path: Pat
     assert await sender.deliver_due(ctx, 10) == 1
     files = list((tmp_path / "var" / "outbox" / "bf" / "7").glob("*.eml"))
     assert len(files) == 1 and b"Subject: S" in files[0].read_bytes()
+
+
+async def test_redirect_fails_permanently_naming_only_the_new_host(
+        db: Engine, t0: datetime, tmp_path: Path) -> None:
+    from aiohttp import web
+
+    hits: list[str] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        raise web.HTTPMovedPermanently("https://hooks.new.example/T1/B1/new-secret")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", moved)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        clock = FakeClock(t0)
+        ctx = make_ctx(db, clock, tmp_path)
+        row_id = enqueue_hook(ctx, f"http://127.0.0.1:{port}/hook/old-secret", "hi")
+        assert row_id is not None
+        await sender.deliver_due(ctx, 10)
+        clock.advance(timedelta(days=2))
+        await sender.deliver_due(ctx, 10)
+    finally:
+        await runner.cleanup()
+    failed = row(ctx, row_id)
+    assert failed.status == "failed" and failed.attempts == 1 and len(hits) == 1
+    assert "HTTP 301" in failed.last_error
+    assert "redirected to https://hooks.new.example" in failed.last_error
+    assert "secret" not in failed.last_error

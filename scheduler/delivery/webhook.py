@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
@@ -39,7 +39,8 @@ async def post_json(session: aiohttp.ClientSession, url: str, body: dict[str, An
                     timeout_s: float) -> SendOutcome:
     """POST ``body`` as JSON; never raises for a per-request failure.
 
-    2xx is success; 4xx (other than 408/409/425/429) is permanent; the rest is retried.
+    2xx is success; 3xx (not followed) and 4xx (other than 408/409/425/429) are permanent;
+    the rest is retried.
     """
     where = safe_host(url)
     if urlsplit(url).scheme not in ("http", "https"):
@@ -49,6 +50,7 @@ async def post_json(session: aiohttp.ClientSession, url: str, body: dict[str, An
             async with session.post(url, json=body, timeout=make_timeout(timeout_s),
                                     allow_redirects=False) as response:
                 status = response.status
+                location = response.headers.get("Location", "")
                 text = (await response.text(errors="replace"))[:_MAX_ERROR_BODY]
     except TimeoutError:
         return SendOutcome(ok=False, error=f"timeout after {timeout_s}s posting to {where}")
@@ -58,6 +60,12 @@ async def post_json(session: aiohttp.ClientSession, url: str, body: dict[str, An
         return SendOutcome(ok=False, error=f"{type(exc).__name__} posting to {where}")
     if 200 <= status < 300:
         return SendOutcome(ok=True, code=status)
+    if 300 <= status < 400:
+        # Never followed (a redirect could leak the body elsewhere) and retrying cannot help:
+        # the webhook moved, someone must update the config. Only scheme://host is shown.
+        moved = f"redirected to {safe_host(urljoin(url, location))}" if location else "redirect"
+        return SendOutcome(ok=False, code=status, permanent=True,
+                           error=f"HTTP {status} from {where}: {moved} (update the webhook URL)")
     permanent = 400 <= status < 500 and status not in _RETRYABLE_4XX
     detail = " ".join(text.split())
     return SendOutcome(ok=False, code=status, permanent=permanent,
