@@ -232,7 +232,14 @@ class Guard:
             batch, self._pending = self._pending, []
             if not batch:
                 return []
-            changes = await self.ctx.in_thread(self._apply_sync, batch)
+            try:
+                changes = await self.ctx.in_thread(self._apply_sync, batch)
+            except BaseException:
+                # The transaction rolled back: keep the batch, ahead of results observed
+                # meanwhile, for the next flush, or a DB blip would erase failures from
+                # the counters and delay the pause.
+                self._pending[:0] = batch
+                raise
         self.changes.extend(changes)
         if changes:
             _wake_outbox(self.ctx)
