@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -23,7 +24,7 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
-def _settings(**kw: object) -> Settings:
+def _settings(**kw: Any) -> Settings:
     return Settings(_env_file=None, **kw)  # type: ignore[call-arg]
 
 

@@ -62,7 +62,7 @@ async def serve(receiver: Receiver | None = None) -> AsyncIterator[Receiver]:
     await site.start()
     server = site._server
     assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined,union-attr]
     receiver.base_url = f"http://127.0.0.1:{port}"
     try:
         yield receiver
