@@ -7,6 +7,11 @@ in a second transaction: ``sent``, or back to ``pending`` with an exponential ba
 last error, or ``failed`` when the error is permanent or attempts are exhausted. A crash
 between the two leaves the row pending, and it is retried once its lease expires: nothing is
 lost, and only a row that was on the wire at the moment of the crash can go out twice.
+
+A batch is sized so it can finish within its lease even if every send runs into its timeouts
+(``lease_batch``), and ``record`` only writes a row still held by the same claim (its
+``attempts`` count, bumped by every claim, is the claim token): a sender that overran its
+lease cannot overwrite the outcome of the node that took the row over.
 """
 
 from __future__ import annotations
@@ -22,17 +27,19 @@ import sqlalchemy as sa
 from scheduler.context import ServiceContext
 from scheduler.delivery.base import SendOutcome
 from scheduler.delivery.webhook import post_json, safe_host
+from scheduler.settings import Settings
 from scheduler.store.dialect import skip_locked
 from scheduler.store.tables import outbox
 
 log = logging.getLogger("martech.outbox")
 
-LEASE = timedelta(minutes=5)  # longer than any single send (timeouts are far shorter)
+LEASE = timedelta(minutes=5)  # a whole batch must finish within it: see lease_batch
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=1)
 MAX_ATTEMPTS = 30  # ~1 day at the capped backoff; then ``failed``, visible, never silent
 POLL_S = 1.0
-BATCH = 50
+BATCH = 50  # upper bound; the real batch is lease_batch(settings)
+LEASE_USE = 0.8  # a batch's worst case may use this share of the lease, the rest is margin
 DEFAULT_FROM = "martech <martech@localhost>"
 _WAKE_KEY = "outbox_wake"
 
@@ -62,9 +69,19 @@ def wake(ctx: ServiceContext) -> None:
         event.set()
 
 
+def lease_batch(settings: Settings) -> int:
+    """How many rows one claim may take: even if each send hits its connect and send
+    timeouts one after another (one SMTP connection is used serially), the batch ends
+    well within ``LEASE`` — otherwise another node could claim rows still being sent."""
+    worst_s = max(settings.smtp_connect_timeout_s + settings.smtp_timeout_s,
+                  settings.http_timeout_s)
+    return max(1, min(BATCH, int(LEASE.total_seconds() * LEASE_USE // worst_s)))
+
+
 def claim_due(ctx: ServiceContext, limit: int) -> list[OutboxRow]:
-    """One transaction: take up to ``limit`` due pending rows and lease them."""
+    """One transaction: take up to ``limit`` (at most ``lease_batch``) due rows; lease them."""
     now = ctx.clock.now()
+    limit = min(limit, lease_batch(ctx.settings))
     with ctx.begin() as conn:
         select = (
             sa.select(outbox.c.id, outbox.c.topic, outbox.c.channel, outbox.c.target,
@@ -82,9 +99,14 @@ def claim_due(ctx: ServiceContext, limit: int) -> list[OutboxRow]:
     return claimed
 
 
-def record(ctx: ServiceContext, results: list[tuple[OutboxRow, SendOutcome]]) -> None:
-    """One transaction: write every outcome of a batch."""
+def record(ctx: ServiceContext, results: list[tuple[OutboxRow, SendOutcome]]) -> list[int]:
+    """One transaction: write every outcome of a batch; return the ids whose lease was lost.
+
+    A row is only updated while still pending with the ``attempts`` this claim set: if the
+    lease ran out and another claim took the row, that claim's outcome is the one kept.
+    """
     now = ctx.clock.now()
+    lost: list[int] = []
     with ctx.begin() as conn:
         for row, outcome in results:
             values: dict[str, Any]
@@ -96,7 +118,15 @@ def record(ctx: ServiceContext, results: list[tuple[OutboxRow, SendOutcome]]) ->
             else:
                 values = {"next_attempt_at": now + backoff(row.attempts),
                           "last_error": outcome.error}
-            conn.execute(sa.update(outbox).where(outbox.c.id == row.id).values(**values))
+            done = conn.execute(sa.update(outbox).where(
+                outbox.c.id == row.id, outbox.c.status == "pending",
+                outbox.c.attempts == row.attempts).values(**values))
+            if done.rowcount == 0:
+                lost.append(row.id)
+    for row_id in lost:
+        log.warning("outbox lease lost: another claim owns the row; outcome not recorded",
+                    extra={"action": "outbox_lease_lost", "outbox_id": row_id})
+    return lost
 
 
 async def _send_email(ctx: ServiceContext, row: OutboxRow) -> SendOutcome:
@@ -179,15 +209,16 @@ async def deliver_due(ctx: ServiceContext, limit: int = BATCH) -> int:
 async def run_outbox(ctx: ServiceContext) -> None:
     """Background component: deliver due rows until ``ctx.stopping`` is set."""
     event = ctx.extras.setdefault(_WAKE_KEY, asyncio.Event())
+    batch = lease_batch(ctx.settings)
     while not ctx.stopping.is_set():
         try:
-            sent = await deliver_due(ctx, BATCH)
+            sent = await deliver_due(ctx, batch)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("outbox pass failed; retrying", extra={"action": "outbox_error"})
             sent = 0
-        if sent >= BATCH:
+        if sent >= batch:
             continue  # more may be due right now
         event.clear()
         waiter = asyncio.ensure_future(event.wait())

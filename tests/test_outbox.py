@@ -244,3 +244,36 @@ async def test_redirect_fails_permanently_naming_only_the_new_host(
     assert "HTTP 301" in failed.last_error
     assert "redirected to https://hooks.new.example" in failed.last_error
     assert "secret" not in failed.last_error
+
+
+async def test_a_batch_fits_in_its_lease_even_if_every_send_times_out(
+        db: Engine, t0: datetime, tmp_path: Path) -> None:
+    ctx = make_ctx(db, FakeClock(t0), tmp_path, smtp_connect_timeout_s=10.0,
+                   smtp_timeout_s=30.0, http_timeout_s=10.0)
+    for i in range(20):
+        enqueue_hook(ctx, f"http://127.0.0.1:9/hook/{i}", "x")
+    claimed = sender.claim_due(ctx, 50)
+    assert 1 <= len(claimed) == sender.lease_batch(ctx.settings)
+    assert len(claimed) * (10.0 + 30.0) < sender.LEASE.total_seconds()
+    slow = make_ctx(db, FakeClock(t0), tmp_path, smtp_connect_timeout_s=60.0,
+                    smtp_timeout_s=300.0)
+    assert sender.lease_batch(slow.settings) == 1  # never zero, even with absurd timeouts
+
+
+async def test_outcome_of_a_claim_whose_lease_expired_is_not_recorded(
+        db: Engine, t0: datetime, tmp_path: Path) -> None:
+    from scheduler.delivery.base import SendOutcome
+
+    clock = FakeClock(t0)
+    ctx = make_ctx(db, clock, tmp_path)
+    row_id = enqueue_hook(ctx, "http://127.0.0.1:9/hook/secret", "x")
+    assert row_id is not None
+    (slow,) = sender.claim_due(ctx, 10)  # node A: its relay hangs past the lease
+    clock.advance(sender.LEASE + timedelta(seconds=1))
+    (fast,) = sender.claim_due(ctx, 10)  # node B takes the row over and delivers it
+    assert fast.id == slow.id and fast.attempts == slow.attempts + 1
+    assert sender.record(ctx, [(fast, SendOutcome(ok=True, code=200))]) == []
+    late = sender.record(ctx, [(slow, SendOutcome(ok=False, error="HTTP 404", permanent=True))])
+    assert late == [row_id]
+    final = row(ctx, row_id)
+    assert final.status == "sent" and final.last_error is None
