@@ -113,6 +113,7 @@ async def test_crash_after_claim_is_retried_after_the_lease(db: Engine, t0: date
     ctx = make_ctx(db, clock, tmp_path)
     async with serve() as receiver:
         row_id = enqueue_hook(ctx, receiver.hook_url, "again")
+        assert row_id is not None
         # A node claims the row and dies before sending: nobody else takes it meanwhile …
         assert [r.id for r in sender.claim_due(ctx, 10)] == [row_id]
         assert await sender.deliver_due(ctx, 10) == 0
