@@ -60,11 +60,10 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-class RedactSecrets(logging.Filter):
-    """Replace secret values in messages and extras with ``********``."""
+class RedactSecrets:
+    """Known secret values, replaced by ``********`` in every rendered log line."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        super().__init__()
         self.secrets: list[str] = []
         self.add(secrets)
 
@@ -75,30 +74,28 @@ class RedactSecrets(logging.Filter):
         # Longest first, so a URL is hidden whole before a shorter secret inside it.
         self.secrets.sort(key=len, reverse=True)
 
-    def _clean(self, value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in self.secrets:
-                value = value.replace(secret, "********")
-        return value
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
-        record.msg = self._clean(record.getMessage())
-        record.args = None
-        for key, value in _extras(record).items():
-            setattr(record, key, self._clean(value))
-        if record.exc_info:
-            # Tracebacks carry exception messages (an SMTP reply echoing a password, a
-            # webhook URL): render once, clean, and drop the raw exception.
-            record.exc_text = self._clean(_PLAIN.formatException(record.exc_info))
-            record.exc_info = None
-        elif record.exc_text:
-            record.exc_text = self._clean(record.exc_text)
-        return True
+    def clean(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "********")
+        return text
 
 
-_PLAIN = logging.Formatter()
+class RedactingFormatter(logging.Formatter):
+    """Cleans the finished line — message, extras and traceback alike.
+
+    Redacting the rendered text (not the LogRecord, which every handler shares) keeps other
+    handlers, such as pytest's capture, seeing the record as it was logged.
+    """
+
+    def __init__(self, inner: logging.Formatter, redactor: RedactSecrets) -> None:
+        super().__init__()
+        self.inner = inner
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor.clean(self.inner.format(record))
+
+
 _REDACTOR: RedactSecrets | None = None
 
 
@@ -147,11 +144,11 @@ def secret_values(settings: Settings) -> list[str]:
 
 def setup_logging(settings: Settings, stream: Any = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if settings.log_format == LogFormat.json
-                         else TextFormatter())
+    inner: logging.Formatter = (JsonFormatter() if settings.log_format == LogFormat.json
+                                else TextFormatter())
     global _REDACTOR
     _REDACTOR = RedactSecrets(secret_values(settings))
-    handler.addFilter(_REDACTOR)
+    handler.setFormatter(RedactingFormatter(inner, _REDACTOR))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -112,3 +112,19 @@ def test_webhook_urls_from_the_config_are_redacted(restore_logging: None, tmp_pa
     out = stream.getvalue()
     assert "s3cr3t-token" not in out
     assert "webhook to ******** failed" in out
+
+
+def test_other_handlers_still_see_the_raw_record(restore_logging: None,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # Redaction happens in our formatter, not on the LogRecord that every handler shares.
+    stream = io.StringIO()
+    setup_logging(_settings(smtp_password=SecretStr("pw-for-capture")), stream)
+    logging.getLogger().addHandler(caplog.handler)  # setup_logging replaced root's handlers
+    with caplog.at_level(logging.ERROR, logger="martech.test"):
+        try:
+            raise RuntimeError("boom pw-for-capture")
+        except RuntimeError:
+            logging.getLogger("martech.test").exception("failed")
+    [record] = [r for r in caplog.records if r.name == "martech.test"]
+    assert record.exc_info is not None
+    assert "pw-for-capture" not in stream.getvalue()
