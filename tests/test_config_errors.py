@@ -288,13 +288,6 @@ def test_every_problem_is_reported_at_once(cfg: Path) -> None:
 
 # -- per-kind checks: templates and audiences (jobs/newsletter.py validate) -------------------
 
-# The newsletter kind owns these checks; until it is registered they cannot run.
-needs_newsletter = pytest.mark.skipif(
-    "newsletter" not in build_registry().kinds,
-    reason="jobs/newsletter.py does not register the newsletter kind yet")
-
-
-@needs_newsletter
 def test_missing_template(cfg: Path) -> None:
     (cfg.parent / "templates" / "news.html").unlink()
     (cfg.parent / "templates" / "news.txt").unlink()
@@ -302,7 +295,6 @@ def test_missing_template(cfg: Path) -> None:
     assert "news" in problem.message
 
 
-@needs_newsletter
 def test_template_syntax_error(cfg: Path) -> None:
     (cfg.parent / "templates" / "news.html").write_text("<p>\n{% if first_name %}Hi</p>\n")
     # The problem is in the template file itself, so that is the file (and line) named.
@@ -310,21 +302,18 @@ def test_template_syntax_error(cfg: Path) -> None:
     assert problem.line in (2, 3) and "endif" in problem.message
 
 
-@needs_newsletter
 def test_subject_template_syntax_error(cfg: Path) -> None:
     edit(cfg, "campaigns/news.yaml", lambda t: t.replace("| default('friend') }}", "| }}"))
     problem = find(problems(cfg), "campaigns/news.yaml", "subject")
     assert problem.line == 6
 
 
-@needs_newsletter
 def test_undefined_variable_in_template(cfg: Path) -> None:
     (cfg.parent / "templates" / "news.html").write_text("<p>{{ article.title }}</p>\n")
     problem = find(problems(cfg), "templates/news.html", "template")
     assert problem.line == 1 and "'article' is undefined" in problem.message
 
 
-@needs_newsletter
 def test_unreadable_audience(cfg: Path) -> None:
     (cfg / "audiences" / "people.csv").unlink()
     problem = find(problems(cfg), "audiences/people.csv", "audience")
