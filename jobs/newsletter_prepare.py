@@ -18,6 +18,7 @@ from scheduler.delivery.base import OutgoingMessage
 from scheduler.delivery.message import Envelope, MessageBuilder, parse_mailbox
 from scheduler.delivery.render import CampaignTemplates
 from scheduler.delivery.tokens import Signer, unsubscribe_token
+from scheduler.delivery.tracking import LinkTracker
 from scheduler.errors import MartechError
 from scheduler.settings import Settings
 from scheduler.store.deliveries import DeliveryRow
@@ -75,6 +76,7 @@ class Prepared:
     base_url: str | None
     mailto: str
     builder: MessageBuilder
+    tracker: LinkTracker | None = None  # set only with a public base URL and tracking on
     base_variables: dict[str, Any] = field(default_factory=dict)  # globals + context
 
     def __post_init__(self) -> None:
@@ -114,8 +116,12 @@ def prepare(campaign: NewsletterCampaign, config: LoadedConfig, settings: Settin
     envelope = Envelope(from_header=campaign.from_, reply_to=campaign.reply_to,
                         campaign=campaign.name, run_id=run_id, one_click=base_url is not None)
     builder = MessageBuilder(envelope, boundary_seed=f"{campaign.name}{run_id or 0}")
-    return Prepared(campaign, templates, context, Signer(settings.secret_key.get_secret_value()),
-                    base_url, f"unsubscribe@{sender.rsplit('@', 1)[1]}", builder)
+    signer = Signer(settings.secret_key.get_secret_value())
+    track = campaign.track
+    tracker = (LinkTracker(signer, base_url, clicks=track.clicks, opens=track.opens)
+               if base_url and (track.clicks or track.opens) else None)
+    return Prepared(campaign, templates, context, signer, base_url,
+                    f"unsubscribe@{sender.rsplit('@', 1)[1]}", builder, tracker)
 
 
 def compose(prepared: Prepared, row: DeliveryRow) -> OutgoingMessage:
@@ -133,7 +139,12 @@ def compose(prepared: Prepared, row: DeliveryRow) -> OutgoingMessage:
         variables.update(values)
         variables.update(email=row.recipient, unsubscribe_url=url)
         rendered = templates.render(variables, has_globals=True)
+    html = rendered.html
+    if prepared.tracker is not None:
+        # After rendering, so both render paths get the very same links; the text part keeps
+        # its plain (UTM-tagged) links.
+        html = prepared.tracker.apply(html, row.id)
     message_id = row.message_id or prepared.builder.message_id(row.id)
     return prepared.builder.build(to=row.recipient, subject=rendered.subject, text=rendered.text,
-                                  html=rendered.html, message_id=message_id,
+                                  html=html, message_id=message_id,
                                   list_unsubscribe=links, delivery_id=row.id)

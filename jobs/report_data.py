@@ -26,6 +26,7 @@ class CampaignReport:
     run_reasons: list[dict[str, str]] = field(default_factory=list)
     deliveries: dict[str, int] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)
+    unique: dict[str, int] = field(default_factory=dict)  # opened/clicked: distinct deliveries
     pause_reasons: list[dict[str, str]] = field(default_factory=list)
     paused_now: list[str] = field(default_factory=list)
 
@@ -120,6 +121,12 @@ def _events(conn: sa.Connection, reports: dict[str, CampaignReport], names: list
             .where(*in_period).group_by(tracking_events.c.campaign, tracking_events.c.kind))
     for campaign, kind, count in conn.execute(stmt):
         reports[campaign].events[kind] = int(count)
+    unique = (sa.select(tracking_events.c.campaign, tracking_events.c.kind,
+                        sa.func.count(sa.distinct(tracking_events.c.delivery_id)))
+              .where(*in_period, tracking_events.c.kind.in_(("opened", "clicked")))
+              .group_by(tracking_events.c.campaign, tracking_events.c.kind))
+    for campaign, kind, count in conn.execute(unique):
+        reports[campaign].unique[kind] = int(count)
     paused = (sa.select(tracking_events.c.campaign, tracking_events.c.at,
                         tracking_events.c.detail)
               .where(*in_period, tracking_events.c.kind == "paused")

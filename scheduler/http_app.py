@@ -1,4 +1,4 @@
-"""The service's HTTP app: ``/healthz``, ``/metrics`` and the unsubscribe links in e-mails.
+"""The service's HTTP app: ``/healthz``, ``/metrics``, unsubscribe, click and open links in e-mails.
 
 Started by ``martech run`` as the ``http`` background component; listens on
 ``MARTECH_HTTP_HOST:MARTECH_HTTP_PORT`` (port 0 picks a free port, published in
@@ -16,6 +16,7 @@ from aiohttp import web
 
 from scheduler.clock import utc
 from scheduler.context import ServiceContext
+from scheduler.http_tracking import add_routes as add_tracking_routes
 from scheduler.http_unsubscribe import UnsubscribeHandlers
 from scheduler.metrics import render_from_db
 from scheduler.store import heartbeats
@@ -51,6 +52,7 @@ def build_app(ctx: ServiceContext) -> web.Application:
     # The exact path jobs/newsletter_prepare.py puts after MARTECH_PUBLIC_BASE_URL.
     app.router.add_get("/unsubscribe/{token}", unsubscribe.show)
     app.router.add_post("/unsubscribe/{token}", unsubscribe.confirm)
+    add_tracking_routes(app, ctx)  # /c/<token> and /o/<token>.gif
     return app
 
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from jobs.newsletter import send_run
 from jobs.newsletter_probe import probe_once
-from scheduler.delivery.tokens import Signer, verify_unsubscribe
+from scheduler.delivery.tokens import Signer, verify_click, verify_unsubscribe
 from scheduler.store import pauses
 from scheduler.store import suppressions as suppression_store
 from scheduler.store.tables import deliveries, runs, tracking_events
@@ -41,6 +41,9 @@ async def test_every_recipient_received_once_with_correct_headers(
     ledger = _ledger(ctx, run_id)
     assert {s for s, _a, _m in ledger.values()} == {"sent"}
     signer = Signer("test-secret")
+    with ctx.begin() as conn:
+        ledger_ids = dict(conn.execute(sa.select(deliveries.c.recipient, deliveries.c.id)
+                                       .where(deliveries.c.run_id == run_id)).all())
     for item in server.received:
         msg = item.parsed()
         rcpt = item.rcpt_tos[0]
@@ -59,7 +62,9 @@ async def test_every_recipient_received_once_with_correct_headers(
         html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
         assert f"Hello Name{index}," in html and 'style="color: #123456;"' in html
         utm = "utm_source=nl&utm_medium=email&utm_campaign=news"
-        assert f"https://acme.example/news?{utm.replace('&', '&amp;')}" in html
+        # Links go through the click redirect (tests/test_tracking.py), signed with the UTM URL.
+        click = html.split('href="https://mt.acme.example/c/', 1)[1].split('"', 1)[0]
+        assert verify_click(signer, click) == (ledger_ids[rcpt], f"https://acme.example/news?{utm}")
         text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
         assert f"News (https://acme.example/news?{utm})" in text
     ctx.db.dispose()

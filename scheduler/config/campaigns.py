@@ -55,6 +55,13 @@ class UtmConfig(StrictModel):
     term: str | None = None
 
 
+class TrackConfig(StrictModel):
+    """Click and open tracking; only active when MARTECH_PUBLIC_BASE_URL is set."""
+
+    clicks: bool = Field(default=True, description="send links through the /c/ redirect")
+    opens: bool = Field(default=True, description="add a 1x1 pixel that records opens")
+
+
 class SendConfig(StrictModel):
     rate_per_s: float | None = Field(default=None, gt=0)
     rate_per_h: float | None = Field(default=None, gt=0)
@@ -96,6 +103,7 @@ class NewsletterCampaign(CampaignBase):
     context: dict[str, Any] = Field(default_factory=dict)
     context_file: str | None = None
     utm: UtmConfig | None = None
+    track: TrackConfig = Field(default_factory=TrackConfig)
     send: SendConfig = Field(default_factory=SendConfig)
     error_budget: ErrorBudgetConfig = Field(default_factory=ErrorBudgetConfig)
 

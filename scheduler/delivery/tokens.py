@@ -67,3 +67,42 @@ def unsubscribe_token(signer: Signer, campaign: str, email: str) -> str:
 def verify_unsubscribe(signer: Signer, token: str) -> tuple[str, str] | None:
     payload = signer.verify(UNSUBSCRIBE, token)
     return parse_unsubscribe_payload(payload) if payload is not None else None
+
+
+CLICK = "click"
+OPEN = "open"
+_SAFE_SCHEMES = ("http", "https")
+
+
+def safe_target(url: str) -> bool:
+    """Only absolute http(s) URLs without whitespace/control characters may be redirected to."""
+    if any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in url):
+        return False
+    scheme, sep, rest = url.partition("://")
+    return bool(sep) and scheme.lower() in _SAFE_SCHEMES and rest[:1] not in ("", "/")
+
+
+def click_token(signer: Signer, delivery_id: int, url: str) -> str:
+    if not safe_target(url):
+        raise ValueError("only http(s) links can be tracked")
+    return signer.sign(CLICK, f"{delivery_id}\x1f{url}")
+
+
+def verify_click(signer: Signer, token: str) -> tuple[int, str] | None:
+    """``(delivery_id, url)`` from a genuine click token whose URL is safe to redirect to."""
+    payload = signer.verify(CLICK, token)
+    if payload is None:
+        return None
+    delivery, sep, url = payload.partition("\x1f")
+    if not sep or not (delivery.isascii() and delivery.isdigit()) or not safe_target(url):
+        return None
+    return int(delivery), url
+
+
+def open_token(signer: Signer, delivery_id: int) -> str:
+    return signer.sign(OPEN, str(delivery_id))
+
+
+def verify_open(signer: Signer, token: str) -> int | None:
+    payload = signer.verify(OPEN, token)
+    return int(payload) if payload is not None and payload.isascii() and payload.isdigit() else None

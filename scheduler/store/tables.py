@@ -138,6 +138,8 @@ tracking_events = sa.Table(
     sa.Column("url", sa.Text),
     sa.Column("detail", sa.Text),
     sa.Index("ix_tracking_events_campaign_at", "campaign", "at"),
+    # "opened at most once per delivery" looks events up by delivery.
+    sa.Index("ix_tracking_events_delivery_kind", "delivery_id", "kind"),
 )
 
 node_heartbeats = sa.Table(
