@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import sqlalchemy as sa
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from scheduler.config.checks import AlertRoute
+from scheduler.delivery.render import make_environment
 from scheduler.store import outbox
 from scheduler.store.tables import deliveries, runs
 
@@ -79,13 +78,12 @@ def _fmt(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
 
 
-@lru_cache(maxsize=8)
-def _environments(templates_dir: str) -> tuple[SandboxedEnvironment, SandboxedEnvironment]:
-    loader = jinja2.FileSystemLoader([templates_dir, str(BUILTIN_TEMPLATES)])
-    html = SandboxedEnvironment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
-    text = SandboxedEnvironment(loader=loader, autoescape=False,
-                                undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    return html, text
+def _environments(templates_dir: str
+                  ) -> tuple[ImmutableSandboxedEnvironment, ImmutableSandboxedEnvironment]:
+    # Built per alert (alerts are rare), so an edited template is used at the next alert.
+    dirs = [Path(templates_dir), BUILTIN_TEMPLATES]
+    return (make_environment(dirs, html=True, keep_trailing_newline=False),
+            make_environment(dirs, html=False))
 
 
 def render_email(alert: Alert, templates_dir: Path, from_: str) -> dict[str, Any]:

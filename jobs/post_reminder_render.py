@@ -13,9 +13,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from scheduler.config.campaigns import UtmConfig
+from scheduler.delivery.render import make_environment
 from scheduler.errors import TemplateError
 
 TEMPLATE = "post-reminder"
@@ -24,8 +25,7 @@ NETWORK_NAMES = {"linkedin": "LinkedIn", "x": "X", "twitter": "X (Twitter)",
                  "threads": "Threads", "bluesky": "Bluesky", "tiktok": "TikTok",
                  "youtube": "YouTube"}
 
-_copy_env = SandboxedEnvironment(autoescape=False, undefined=jinja2.StrictUndefined,
-                                 keep_trailing_newline=False)
+_copy_env = make_environment(None, html=False, keep_trailing_newline=False)
 
 
 def network_label(network: str) -> str:
@@ -103,12 +103,11 @@ class ReminderView:
         return {**self.__dict__, "subject": self.subject()}
 
 
-def template_env(templates_dir: Path) -> SandboxedEnvironment:
-    return SandboxedEnvironment(
-        loader=jinja2.FileSystemLoader(str(templates_dir)),
-        autoescape=jinja2.select_autoescape(["html"], default_for_string=False),
-        undefined=jinja2.StrictUndefined,
-    )
+def template_env(templates_dir: Path) -> ImmutableSandboxedEnvironment:
+    """One environment for the .txt and .html twins: autoescape by file extension."""
+    return make_environment(
+        templates_dir, html=jinja2.select_autoescape(["html"], default_for_string=False),
+        keep_trailing_newline=False)
 
 
 def render_email(view: ReminderView, templates_dir: Path) -> tuple[str, str, str]:

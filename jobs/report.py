@@ -87,10 +87,11 @@ class ReportKind:
             return [config.campaign_problem(campaign.name, ("formats",),
                                             f"report template {path} not found")]
         from jinja2 import TemplateSyntaxError
-        from jinja2.sandbox import SandboxedEnvironment
+
+        from scheduler.delivery.render import make_environment
 
         try:
-            SandboxedEnvironment(autoescape=True).parse(path.read_text(encoding="utf-8"))
+            make_environment(None, html=True).parse(path.read_text(encoding="utf-8"))
         except TemplateSyntaxError as exc:
             return [Problem(str(path), exc.lineno, "", f"template syntax error: {exc.message}")]
         return []

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import TemplateError
 
 from jobs.report_data import ReportData
+from scheduler.delivery.render import make_environment
 from scheduler.errors import TemplateError as MartechTemplateError
 
 TEMPLATE = "report.html"
@@ -42,8 +42,7 @@ def render_html(data: ReportData, templates_dir: Path) -> str:
 
     :raises TemplateError: if the report template is missing or broken.
     """
-    env = SandboxedEnvironment(loader=FileSystemLoader(str(templates_dir)), autoescape=True,
-                               undefined=StrictUndefined)
+    env = make_environment(templates_dir, html=True, keep_trailing_newline=False)
     campaigns = []
     for c in data.campaigns:
         campaigns.append({

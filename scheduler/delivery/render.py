@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import html as html_lib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -175,13 +175,23 @@ def _error_line(exc: BaseException, template_name: str) -> int | None:
     return line
 
 
-def make_environment(templates_dir: Path | None, *, html: bool,
-                     finalize: Callable[[Any], Any] | None = None
-                     ) -> ImmutableSandboxedEnvironment:
-    loader = jinja2.FileSystemLoader(str(templates_dir)) if templates_dir else None
+def make_environment(templates_dir: Path | Sequence[Path] | None, *,
+                     html: bool | Callable[[str | None], bool],
+                     finalize: Callable[[Any], Any] | None = None,
+                     keep_trailing_newline: bool = True) -> ImmutableSandboxedEnvironment:
+    """The one Jinja2 environment factory: sandboxed, StrictUndefined, autoescape for HTML.
+
+    Every template people edit — newsletters, reminders, alerts, reports — goes through here, so
+    the sandbox is hardened in one place. ``html`` may be a ``select_autoescape`` callable.
+    """
+    if templates_dir is None:
+        loader = None
+    else:
+        dirs = [templates_dir] if isinstance(templates_dir, Path) else list(templates_dir)
+        loader = jinja2.FileSystemLoader([str(d) for d in dirs])
     return ImmutableSandboxedEnvironment(
-        loader=loader, autoescape=html, undefined=StrictUndefined, keep_trailing_newline=True,
-        auto_reload=False, finalize=finalize)
+        loader=loader, autoescape=html, undefined=StrictUndefined,
+        keep_trailing_newline=keep_trailing_newline, auto_reload=False, finalize=finalize)
 
 
 @dataclass
