@@ -348,20 +348,8 @@ class Engine:
         task.add_done_callback(_forget)
 
     async def _execute_quietly(self, run_id: int) -> None:
-        """The spawned task: guarded whole, so nothing ends as "exception never retrieved"."""
-        delay_s = self.retry_first_s
-        while True:
-            try:
-                await self.execute(run_id)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("run task crashed; retrying in %.1fs", delay_s,
-                              extra={"action": "run_retry", "run_id": run_id})
-            if not await self._backoff(delay_s):
-                return
-            delay_s = min(delay_s * 2, self.retry_max_s)
+        """The spawned task; ``execute`` retries every error itself, so none goes unretrieved."""
+        await self.execute(run_id)
 
     async def execute(self, run_id: int) -> RunResult | None:
         """Run one owned run: honour pauses, call the job kind, record the outcome.
