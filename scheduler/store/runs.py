@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from scheduler.clock import utc
 from scheduler.store.dialect import insert_for
 from scheduler.store.tables import runs, schedule_cursors
 
@@ -79,14 +80,8 @@ def claim(conn: sa.Connection, claims: Sequence[Claim], node: str, now: datetime
     # into multi-row INSERTs ("insertmanyvalues") within the driver's parameter limit. A
     # `.values(rows)` statement would be compiled afresh per call (~0.5 s per 1,000 rows).
     for row in conn.execute(stmt, rows):
-        won[(row.schedule_key, _utc(row.scheduled_at))] = row.id
+        won[(row.schedule_key, utc(row.scheduled_at))] = row.id
     return won
-
-
-def _utc(value: datetime) -> datetime:
-    from scheduler.clock import utc
-
-    return utc(value)
 
 
 def cursors(conn: sa.Connection, keys: Iterable[str] | None = None) -> dict[str, datetime]:
