@@ -190,16 +190,12 @@ def settings_cmd(state: State, as_json: bool) -> None:
 @friendly_errors
 def status(state: State, as_json: bool) -> None:
     """Campaigns (next and last run, pause reasons) and checks (state, last result)."""
+    from scheduler.engine import next_fire_times
     from scheduler.status import campaign_rows, campaigns_table, check_rows, checks_table
 
     config = state.config()
     db = state.db()
-    specs = state.registry.specs(config)
-    now = SystemClock().now()
-    next_times = {}
-    for key, spec in specs.items():
-        occ = spec.schedule.next_after(now)
-        next_times[key] = occ.at if occ else None
+    next_times = next_fire_times(state.registry.specs(config), SystemClock().now())
     with db.begin() as conn:
         rows = campaign_rows(conn, config, next_times)
         if as_json:

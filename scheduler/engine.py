@@ -109,6 +109,22 @@ def effective_grace(spec: ScheduleSpec) -> timedelta:
     return min(spec.misfire_grace, ON_TIME_TOLERANCE)
 
 
+def next_fire_times(specs: dict[str, ScheduleSpec], now: datetime
+                    ) -> dict[str, datetime | None]:
+    """Pure: each spec's next fire after ``now`` (None when over); shared schedules once."""
+    out: dict[str, datetime | None] = {}
+    by_schedule: dict[Schedule, datetime | None] = {}
+    for key, spec in specs.items():
+        if spec.schedule not in by_schedule:
+            try:
+                occ = spec.schedule.next_after(now)
+            except Exception:  # logged by _sync_jobs; the status table just shows none
+                occ = None
+            by_schedule[spec.schedule] = occ.at if occ else None
+        out[key] = by_schedule[spec.schedule]
+    return out
+
+
 class Engine:
     retry_first_s = 1.0  # backoff after an outage or a bookkeeping error, doubling ...
     retry_max_s = 60.0  # ... to this: an outage may last, the run is never given up
@@ -242,18 +258,7 @@ class Engine:
             self._scheduler.remove_job(job_id)
 
     def next_fire_times(self) -> dict[str, datetime | None]:
-        now = self.ctx.clock.now()
-        out: dict[str, datetime | None] = {}
-        by_schedule: dict[Schedule, datetime | None] = {}
-        for key, spec in self.specs.items():
-            if spec.schedule not in by_schedule:
-                try:
-                    occ = spec.schedule.next_after(now)
-                except Exception:  # logged by _sync_jobs; the status table just shows none
-                    occ = None
-                by_schedule[spec.schedule] = occ.at if occ else None
-            out[key] = by_schedule[spec.schedule]
-        return out
+        return next_fire_times(self.specs, self.ctx.clock.now())
 
     # -- waking and claiming ---------------------------------------------------------------
 
