@@ -27,9 +27,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobs.guard_runner import Guard
+from jobs.guard.runner import Guard
+from martech.compose import load_config
 from scheduler.clock import SystemClock
-from scheduler.config.loader import load_config
 from scheduler.context import ServiceContext
 from scheduler.settings import Settings
 from scheduler.store.db import make_engine, upgrade

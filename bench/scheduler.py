@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa
 
-from jobs.base import Registry, RunResult, ScheduleSpec
-from jobs.registry import build_registry
+from martech.compose import build_registry
 from scheduler.clock import SystemClock
 from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
 from scheduler.engine import Engine
+from scheduler.kinds import Registry, RunResult, ScheduleSpec
 from scheduler.schedules import Schedule
 from scheduler.service import load_and_validate
 from scheduler.settings import Settings

@@ -128,8 +128,8 @@ def write_campaign(root: Path, recipients: int, *, connections: int, batch: int,
 
 
 def run_ours(root: Path, *, transport: str, port: int = 0) -> tuple[float, dict[str, Any]]:
-    from jobs.newsletter import send_run
-    from scheduler.config.loader import load_config
+    from jobs.newsletter.kind import send_run
+    from martech.compose import load_config
     from scheduler.context import ServiceContext
     from scheduler.settings import Settings
     from scheduler.store import runs as run_store

@@ -14,14 +14,23 @@ from typing import Any, NoReturn, TypeVar
 import click
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 from sqlalchemy import exc as sa_exc
 
-from jobs.base import Registry
-from scheduler.clock import SystemClock
+from scheduler.clock import SystemClock, utc
 from scheduler.config.loader import LoadedConfig
+from scheduler.config.schema import write_schemas
+from scheduler.context import ServiceContext
+from scheduler.engine import Engine, next_fire_times
 from scheduler.errors import ConfigError, MartechError, UnknownCampaign
+from scheduler.kinds import Registry
 from scheduler.logs import setup_logging
-from scheduler.settings import Settings
+from scheduler.service import Service, load_and_validate
+from scheduler.settings import Settings, mask_url
+from scheduler.status import campaign_rows, campaigns_table, check_rows, checks_table
+from scheduler.store import heartbeats, pauses
+from scheduler.store import runs as run_store
+from scheduler.store.db import current_revision, make_engine, upgrade
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,12 +40,12 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 
 class State:
-    """Lazily built settings and registry, shared by subcommands."""
+    """Lazily built settings, and the registry, shared by subcommands."""
 
-    def __init__(self, overrides: dict[str, Any]) -> None:
+    def __init__(self, overrides: dict[str, Any], registry: Registry) -> None:
         self._overrides = {k: v for k, v in overrides.items() if v is not None}
         self._settings: Settings | None = None
-        self._registry: Registry | None = None
+        self.registry = registry
 
     @property
     def settings(self) -> Settings:
@@ -50,24 +59,15 @@ class State:
             setup_logging(self._settings)
         return self._settings
 
-    @property
-    def registry(self) -> Registry:
-        if self._registry is None:
-            from jobs.registry import build_registry
-
-            self._registry = build_registry()
-        return self._registry
-
     def config(self) -> LoadedConfig:
-        from scheduler.service import load_and_validate
-
         return load_and_validate(self.settings, self.registry)
 
-    def db(self) -> Any:
-        from scheduler.store.db import make_engine, upgrade
-
+    def db(self, *, migrate: bool = True) -> Any:
+        """The database; ``migrate=False`` for read-only probes (``health``) that must not
+        change the schema under a running service."""
         engine = make_engine(self.settings.database_url)
-        upgrade(engine)
+        if migrate:
+            upgrade(engine)
         return engine
 
 
@@ -107,40 +107,46 @@ def _fail(message: str) -> NoReturn:
 
 def _database() -> str:
     """The configured database URL, password masked, for error messages."""
-    from scheduler.settings import mask_url
-
     ctx = click.get_current_context(silent=True)
     state = ctx.find_object(State) if ctx is not None else None
     settings = state._settings if state is not None else None
     return mask_url(settings.database_url) if settings is not None else "MARTECH_DATABASE_URL"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"],
-                               "auto_envvar_prefix": "MARTECH"})
-@click.option("--config-dir", type=click.Path(path_type=Path), envvar="MARTECH_CONFIG_DIR",
-              show_envvar=True, help="Directory of campaign and check YAML files.")
-@click.option("--database-url", envvar="MARTECH_DATABASE_URL", show_envvar=True,
-              help="SQLAlchemy URL (default: sqlite:///var/martech.db).")
-@click.version_option(package_name="martech")
-@click.pass_context
-def main(ctx: click.Context, config_dir: Path | None, database_url: str | None) -> None:
-    """martech: marketing automation with IT health guards."""
-    ctx.obj = State({"config_dir": config_dir, "database_url": database_url})
+def make_cli(registry: Registry) -> click.Group:
+    """The ``martech`` command: the mechanism's commands plus those the job kinds add."""
+
+    @click.group(context_settings={"help_option_names": ["-h", "--help"],
+                                   "auto_envvar_prefix": "MARTECH"})
+    @click.option("--config-dir", type=click.Path(path_type=Path), envvar="MARTECH_CONFIG_DIR",
+                  show_envvar=True, help="Directory of campaign and check YAML files.")
+    @click.option("--database-url", envvar="MARTECH_DATABASE_URL", show_envvar=True,
+                  help="SQLAlchemy URL (default: sqlite:///var/martech.db).")
+    @click.version_option(package_name="martech")
+    @click.pass_context
+    def main(ctx: click.Context, config_dir: Path | None, database_url: str | None) -> None:
+        """martech: marketing automation with IT health guards."""
+        ctx.obj = State({"config_dir": config_dir, "database_url": database_url}, registry)
+
+    for command in (run, validate, schema, settings_cmd, status, run_job, pause, resume,
+                    health, db):
+        main.add_command(command)
+    for registrar in registry.cli:
+        registrar(main)
+    return main
 
 
-@main.command()
+@click.command()
 @click.pass_obj
 @friendly_errors
 def run(state: State) -> None:
     """Run the service until SIGINT/SIGTERM; SIGHUP or a file change reloads config."""
-    from scheduler.service import Service
-
     config = state.config()
     service = Service(state.settings, state.registry, console=console)
     sys.exit(asyncio.run(service.run(config)))
 
 
-@main.command()
+@click.command()
 @click.argument("directory", required=False, type=click.Path(path_type=Path))
 @click.pass_obj
 @friendly_errors
@@ -155,18 +161,17 @@ def validate(state: State, directory: Path | None) -> None:
                f"{state.settings.config_dir} — no problems")
 
 
-@main.command()
+@click.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("schemas"),
               show_default=True, help="Directory to write the JSON Schemas into.")
-def schema(out: Path) -> None:
+@click.pass_obj
+def schema(state: State, out: Path) -> None:
     """Write JSON Schemas for campaign, checks and reports files (editor autocompletion)."""
-    from scheduler.config.schema import write_schemas
-
-    for path in write_schemas(out):
+    for path in write_schemas(out, state.registry.campaign_types):
         click.echo(f"wrote {path}")
 
 
-@main.command("settings")
+@click.command("settings")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def settings_cmd(state: State, as_json: bool) -> None:
@@ -175,7 +180,7 @@ def settings_cmd(state: State, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(values, indent=2, default=str))
         return
-    from rich.table import Table
+
 
     table = Table("setting", "environment variable", "value", title="Effective settings",
                   title_justify="left")
@@ -184,15 +189,12 @@ def settings_cmd(state: State, as_json: bool) -> None:
     console.print(table)
 
 
-@main.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 @friendly_errors
 def status(state: State, as_json: bool) -> None:
     """Campaigns (next and last run, pause reasons) and checks (state, last result)."""
-    from scheduler.engine import next_fire_times
-    from scheduler.status import campaign_rows, campaigns_table, check_rows, checks_table
-
     config = state.config()
     db = state.db()
     next_times = next_fire_times(state.registry.specs(config), SystemClock().now())
@@ -211,15 +213,12 @@ def _known(config: LoadedConfig, name: str) -> None:
         raise UnknownCampaign(name)
 
 
-@main.command("run-job")
+@click.command("run-job")
 @click.argument("name")
 @click.pass_obj
 @friendly_errors
 def run_job(state: State, name: str) -> None:
     """Fire campaign NAME now, once, through the same claim path as the scheduler."""
-    from scheduler.context import ServiceContext
-    from scheduler.engine import Engine
-
     config = state.config()
     _known(config, name)
 
@@ -229,8 +228,6 @@ def run_job(state: State, name: str) -> None:
         engine.specs = state.registry.specs(config)
         run_id = await engine.run_now(name)
         with ctx.begin() as conn:
-            from scheduler.store import runs as run_store
-
             run = run_store.get(conn, run_id) if run_id else None
         if run is None:
             console.print("not claimed (another node owns this occurrence)", markup=False)
@@ -242,15 +239,13 @@ def run_job(state: State, name: str) -> None:
     sys.exit(asyncio.run(_go()))
 
 
-@main.command()
+@click.command()
 @click.argument("name")
 @click.option("--reason", required=True, help="Why; shown in status and reports.")
 @click.pass_obj
 @friendly_errors
 def pause(state: State, name: str, reason: str) -> None:
     """Pause campaign NAME (a running send stops within one batch)."""
-    from scheduler.store import pauses
-
     config = state.config()
     _known(config, name)
     with state.db().begin() as conn:
@@ -260,14 +255,12 @@ def pause(state: State, name: str, reason: str) -> None:
                   markup=False)
 
 
-@main.command()
+@click.command()
 @click.argument("name")
 @click.pass_obj
 @friendly_errors
 def resume(state: State, name: str) -> None:
     """Clear the manual pause of campaign NAME; other pause reasons stay."""
-    from scheduler.store import pauses
-
     config = state.config()
     _known(config, name)
     with state.db().begin() as conn:
@@ -279,17 +272,14 @@ def resume(state: State, name: str) -> None:
     console.print(msg, markup=False)
 
 
-@main.command()
+@click.command()
 @click.option("--max-age-s", default=60.0, show_default=True,
               help="A heartbeat older than this counts as dead.")
 @click.pass_obj
 @friendly_errors
 def health(state: State, max_age_s: float) -> None:
     """Exit 0 if this node's service heartbeat is fresh, 1 otherwise (container checks)."""
-    from scheduler.clock import utc
-    from scheduler.store import heartbeats
-
-    with state.db().begin() as conn:
+    with state.db(migrate=False).begin() as conn:
         rows = [r for r in heartbeats.latest(conn)
                 if r.node == state.settings.node_name and r.role == "service"]
     if rows and SystemClock().now() - utc(rows[0].at) < timedelta(seconds=max_age_s):
@@ -299,7 +289,7 @@ def health(state: State, max_age_s: float) -> None:
     sys.exit(1)
 
 
-@main.group()
+@click.group()
 def db() -> None:
     """Database maintenance."""
 
@@ -309,20 +299,7 @@ def db() -> None:
 @friendly_errors
 def db_upgrade(state: State) -> None:
     """Apply migrations up to the latest."""
-    from scheduler.settings import mask_url
-    from scheduler.store.db import current_revision, make_engine, upgrade
-
     engine = make_engine(state.settings.database_url)
     upgrade(engine)
     console.print(f"{mask_url(state.settings.database_url)}: at revision "
                   f"{current_revision(engine)}", markup=False)
-
-
-def _register_extensions() -> None:
-    from jobs.registry import build_registry
-
-    for registrar in build_registry().cli:
-        registrar(main)
-
-
-_register_extensions()

@@ -25,11 +25,11 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.exc import DBAPIError
 
-from jobs.base import Registry, RunResult, ScheduleSpec
 from scheduler.clock import utc
 from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
 from scheduler.gcpause import gc_paused
+from scheduler.kinds import Registry, RunResult, ScheduleSpec
 from scheduler.schedules import Occurrence, Schedule
 from scheduler.store import heartbeats, pauses
 from scheduler.store import runs as run_store

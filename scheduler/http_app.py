@@ -1,4 +1,5 @@
-"""The service's HTTP app: ``/healthz``, ``/metrics``, unsubscribe, click and open links in e-mails.
+"""The service's HTTP app: ``/healthz``, ``/metrics``, and the routes the job kinds add
+(a newsletter's unsubscribe, click and open links).
 
 Started by ``martech run`` as the ``http`` background component; listens on
 ``MARTECH_HTTP_HOST:MARTECH_HTTP_PORT`` (port 0 picks a free port, published in
@@ -10,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 
 from aiohttp import web
 
 from scheduler.clock import utc
 from scheduler.context import ServiceContext
-from scheduler.http_tracking import add_routes as add_tracking_routes
-from scheduler.http_unsubscribe import UnsubscribeHandlers
+from scheduler.kinds import HttpRoutes
 from scheduler.metrics import render_from_db
 from scheduler.store import heartbeats
 
@@ -31,9 +32,8 @@ BIND_RETRY_S = (1.0, 30.0)  # first and longest wait before retrying a port that
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def build_app(ctx: ServiceContext) -> web.Application:
+def build_app(ctx: ServiceContext, routes: Sequence[HttpRoutes] = ()) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    unsubscribe = UnsubscribeHandlers(ctx)
 
     async def healthz(_request: web.Request) -> web.Response:
         age_s = await ctx.in_thread(_heartbeat_age_s, ctx)
@@ -49,10 +49,8 @@ def build_app(ctx: ServiceContext) -> web.Application:
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    # The exact path jobs/newsletter_prepare.py puts after MARTECH_PUBLIC_BASE_URL.
-    app.router.add_get("/unsubscribe/{token}", unsubscribe.show)
-    app.router.add_post("/unsubscribe/{token}", unsubscribe.confirm)
-    add_tracking_routes(app, ctx)  # /c/<token> and /o/<token>.gif
+    for add_routes in routes:
+        add_routes(app, ctx)
     return app
 
 
@@ -72,11 +70,12 @@ def _render_metrics(ctx: ServiceContext) -> bytes:
         return render_from_db(conn, list(config.checks.checks), list(config.campaigns))
 
 
-async def run_http_app(ctx: ServiceContext) -> None:
+async def run_http_app(ctx: ServiceContext, routes: Sequence[HttpRoutes] = ()) -> None:
     """Serve until ``ctx.stopping``; a taken port is logged and retried, never fatal."""
     host, port = ctx.settings.http_host, ctx.settings.http_port
     # access_log=None: the request line carries unsubscribe tokens, which carry addresses.
-    runner = web.AppRunner(build_app(ctx), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    runner = web.AppRunner(build_app(ctx, routes), access_log=None,
+                           shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
         wait_s = BIND_RETRY_S[0]

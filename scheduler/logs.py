@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from scheduler.settings import LogFormat, Settings
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -108,8 +110,6 @@ def redact_also(values: Iterable[str]) -> None:
 def config_secret_values(config: Any) -> list[str]:
     """Webhook URLs are credentials (Slack's carry their token in the path); audience
     database URLs may carry a password."""
-    from sqlalchemy.engine import make_url
-
     values: list[str] = []
     targets = list(getattr(config.checks, "alerts", []))
     for campaign in config.campaigns.values():
@@ -131,8 +131,6 @@ def secret_values(settings: Settings) -> list[str]:
     values = [settings.secret_key.get_secret_value()]
     if settings.smtp_password is not None:
         values.append(settings.smtp_password.get_secret_value())
-    from sqlalchemy.engine import make_url
-
     try:
         password = make_url(settings.database_url).password
     except Exception:

@@ -22,11 +22,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import aiohttp
 import sqlalchemy as sa
 
 from scheduler.context import ServiceContext
+from scheduler.delivery import notify
 from scheduler.delivery.base import SendOutcome
 from scheduler.delivery.webhook import post_json, safe_host
+from scheduler.errors import MartechError
 from scheduler.settings import Settings
 from scheduler.store.dialect import skip_locked
 from scheduler.store.tables import outbox
@@ -130,9 +133,6 @@ def record(ctx: ServiceContext, results: list[tuple[OutboxRow, SendOutcome]]) ->
 
 
 async def _send_email(ctx: ServiceContext, row: OutboxRow) -> SendOutcome:
-    from scheduler.delivery import notify  # the newsletter pipeline's notification builder
-    from scheduler.errors import MartechError
-
     payload = row.payload
     from_ = str(payload.get("from") or DEFAULT_FROM)
     headers = {str(k): str(v) for k, v in dict(payload.get("headers") or {}).items()}
@@ -185,8 +185,6 @@ async def deliver_due(ctx: ServiceContext, limit: int = BATCH) -> int:
         return 0
     session: Any = None
     if any(r.channel == "webhook" for r in rows):
-        import aiohttp
-
         session = aiohttp.ClientSession()
     try:
         outcomes = await asyncio.gather(*(_send_one(ctx, row, session) for row in rows))

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from scheduler.cron import CronExpression, to_utc
+from scheduler.durations import format_duration
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,6 @@ class Schedule:
         if self.cron:
             return f"cron {self.cron} ({self.timezone})"
         if self.interval is not None:
-            from scheduler.durations import format_duration
-
             return f"every {format_duration(self.interval)}"
         assert self.at is not None
         return f"once at {self.at.astimezone(self.tz):%Y-%m-%d %H:%M %Z}"

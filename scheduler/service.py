@@ -10,12 +10,14 @@ from typing import Any
 
 from rich.console import Console
 
-from jobs.base import Registry
 from scheduler.clock import Clock, SystemClock
 from scheduler.config.loader import LoadedConfig, config_fingerprint, load_config
 from scheduler.context import ServiceContext
 from scheduler.engine import Engine
 from scheduler.errors import ConfigError
+from scheduler.http_app import run_http_app
+from scheduler.kinds import Registry, ServiceComponent
+from scheduler.outbox import run_outbox
 from scheduler.settings import Settings
 from scheduler.status import checks_table, schedule_table
 from scheduler.store.db import make_engine, upgrade
@@ -28,7 +30,7 @@ def load_and_validate(settings: Settings, registry: Registry) -> LoadedConfig:
 
     :raises ConfigError: with every problem found.
     """
-    config = load_config(settings.config_dir)
+    config = load_config(settings.config_dir, registry.campaign_types)
     problems = registry.validate(config, settings)
     if problems:
         raise ConfigError(problems)
@@ -66,7 +68,7 @@ class Service:
         log.info("martech running", extra={"action": "start", "node": ctx.node,
                                            "schedules": len(engine.specs)})
         components = [asyncio.create_task(self._supervise(name, comp), name=name)
-                      for name, comp in self.registry.components.items()]
+                      for name, comp in self.components().items()]
         watcher = asyncio.create_task(self._watch_config(), name="config-watch")
         await self._stop.wait()
         log.info("stopping: finishing or checkpointing in-flight work",
@@ -79,6 +81,15 @@ class Service:
         db.dispose()
         log.info("stopped", extra={"action": "stopped"})
         return 0
+
+    def components(self) -> dict[str, ServiceComponent]:
+        """The mechanisms every service runs (the outbox that carries reminders and IT's
+        alerts, the HTTP app with the kinds' routes), then the kinds' own components."""
+
+        async def http(ctx: ServiceContext) -> None:
+            await run_http_app(ctx, self.registry.http_routes)
+
+        return {"outbox": run_outbox, "http": http, **self.registry.components}
 
     async def _supervise(self, name: str, component: Any) -> None:
         """Keep a background component (guard, outbox) alive across its own failures."""

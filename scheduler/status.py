@@ -115,9 +115,7 @@ def _describe_schedule(campaign: Any) -> str:
     schedule = getattr(campaign, "schedule", None)
     if schedule is not None:
         return str(schedule.to_schedule().describe())
-    if campaign.kind == "post_reminder":
-        return f"posts ({campaign.timezone})"
-    return "—"
+    return str(campaign.schedule_text())
 
 
 def campaigns_table(rows: list[dict[str, Any]]) -> Table:

@@ -6,16 +6,17 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine as SaEngine
 
-from jobs.base import Registry, RunResult, ScheduleSpec
 from scheduler.clock import FakeClock
+from scheduler.config.campaigns import CampaignBase
 from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
 from scheduler.errors import Problem
+from scheduler.kinds import Registry, RunResult, ScheduleSpec
 from scheduler.schedules import Schedule
 from scheduler.settings import Settings
 from scheduler.store.db import make_engine
@@ -35,10 +36,17 @@ class FakeCampaign:
     requires: list[str] = field(default_factory=list)
 
 
+class RecorderCampaign(CampaignBase):
+    """The config model of the recording kind (its tests build FakeCampaigns directly)."""
+
+    kind: Literal["recorder"]
+
+
 class RecorderKind:
     """A job kind that records which runs it executed (and can be told to block)."""
 
     kind = "recorder"
+    campaign_model: type[CampaignBase] = RecorderCampaign
 
     def __init__(self) -> None:
         self.executed: list[tuple[str, int]] = []

@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from scheduler.config.loader import LoadedConfig, load_config
+from martech.compose import load_config
+from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
 from scheduler.settings import Settings
 from scheduler.store import runs as run_store

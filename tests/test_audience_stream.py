@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from jobs.audiences import AudienceError, AudienceStats, iter_audience
-from scheduler.config.campaigns import AudienceConfig, SegmentConfig
+from jobs.newsletter.audiences import AudienceError, AudienceStats, iter_audience
+from jobs.newsletter.config import AudienceConfig, SegmentConfig
 
 
 def _write_big_csv(path: Path, rows: int) -> tuple[int, int]:

@@ -17,9 +17,9 @@ from aiohttp import web as aioweb
 from aiosmtpd.smtp import SMTP as SMTPProtocol
 from aiosmtpd.smtp import AuthResult
 
-from jobs.checks.base import CheckResult, Probe, run_probe
-from jobs.checks.factory import build_probe
-from jobs.checks.http import _MAX_BODY
+from jobs.guard.checks.base import CheckResult, Probe, run_probe
+from jobs.guard.checks.factory import build_probe
+from jobs.guard.checks.http import _MAX_BODY
 from scheduler.clock import SystemClock
 from scheduler.config.checks import CheckConfig
 from tests.dns_server import DnsServer

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from scheduler.cli import main
+from martech.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,7 +70,7 @@ def test_validate_subprocess_like_a_user(env: dict[str, str], tmp_path: Path) ->
     checks = Path(env["MARTECH_CONFIG_DIR"]) / "checks.yaml"
     checks.write_text(checks.read_text().replace("- {check: website", "- {check: nope"))
     proc = subprocess.run(
-        [sys.executable, "-m", "scheduler", "validate"], cwd=tmp_path,
+        [sys.executable, "-m", "martech", "validate"], cwd=tmp_path,
         env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert f"{checks}:" in proc.stderr and ": guards.0.check: unknown check 'nope'" in proc.stderr

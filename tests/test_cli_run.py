@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from scheduler.cli import main
+from martech.cli import main
 from scheduler.store.db import make_engine
 from scheduler.store.tables import runs
 
@@ -54,7 +54,7 @@ def test_martech_run_fires_a_job_and_stops_on_sigterm(tmp_path: Path) -> None:
         f"    schedule: {{every: 1m, start: \"{start:%Y-%m-%d %H:%M:%S}\"}}\n"
         "    formats: [json]\n"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scheduler", "run"], cwd=tmp_path, env={**os.environ, **env},
+        [sys.executable, "-m", "martech", "run"], cwd=tmp_path, env={**os.environ, **env},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out_dir = tmp_path / "var" / "reports" / "minutely"
     try:

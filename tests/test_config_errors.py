@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.registry import build_registry
+from martech.compose import build_registry
 from scheduler.errors import ConfigError, Problem
 from scheduler.service import load_and_validate
 from scheduler.settings import Settings

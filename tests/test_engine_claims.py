@@ -193,7 +193,7 @@ def test_missed_policy_skip_drops_late_occurrences(
 
 
 def test_plan_claims_is_pure() -> None:
-    from jobs.base import ScheduleSpec
+    from scheduler.kinds import ScheduleSpec
 
     spec = ScheduleSpec("k", "c", "recorder", EVERY_MIN, timedelta(minutes=2))
     claims, cursor = plan_claims(spec, T0, T0 + timedelta(minutes=5))

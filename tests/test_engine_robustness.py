@@ -23,12 +23,13 @@ from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.engine import Engine as SaEngine
 
-from jobs.base import Registry, RunResult, ScheduleSpec
+from jobs.report.config import REPORTS_FILE, ReportCampaign
 from scheduler.clock import FakeClock
 from scheduler.config.base import ScheduleConfig
 from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
 from scheduler.engine import Engine
+from scheduler.kinds import Registry, RunResult, ScheduleSpec
 from scheduler.schedules import Schedule
 from scheduler.service import Service, load_and_validate
 from scheduler.settings import Settings
@@ -161,8 +162,8 @@ async def test_outage_retry_stops_when_service_stops(
 async def test_database_blip_mid_newsletter_resumes_the_send(
         db: SaEngine, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The reviewer's case: one failed ledger write used to fail the run, stranding rows."""
-    from jobs.newsletter import NewsletterJob
-    from scheduler.store import deliveries as ledger
+    from jobs.newsletter import ledger
+    from jobs.newsletter.kind import NewsletterJob
     from tests.newsletter_fixtures import claim_run, context_for, settings_for, write_config
     from tests.smtp_server import SmtpServer
 
@@ -399,6 +400,7 @@ class ExplodingReports(RecorderKind):
     """Schedules ``report`` entries; a report named ``boom`` breaks ``schedules()``."""
 
     kind = "report"
+    campaign_model = ReportCampaign
 
     def schedules(self, campaign: Any, config: LoadedConfig) -> list[ScheduleSpec]:
         if campaign.name == "boom":
@@ -416,7 +418,7 @@ async def test_reload_survives_an_unexpected_error(
     settings = Settings(config_dir=config_dir, database_url=sqlite_url, var_dir=tmp_path / "var",
                         node_name="node-a", _env_file=None)  # type: ignore[call-arg]
     registry = Registry()
-    registry.add_kind(ExplodingReports())
+    registry.add_kind(ExplodingReports(), REPORTS_FILE)
     svc = Service(settings, registry, clock=FakeClock(T0), console=Console(file=io.StringIO()))
     ctx = make_ctx(sqlite_url, tmp_path, FakeClock(T0), [])
     ctx.settings, ctx.config = settings, load_and_validate(settings, registry)

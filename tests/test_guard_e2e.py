@@ -12,11 +12,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from jobs.guard_runner import Guard
-from jobs.registry import build_registry
+from jobs.guard.runner import Guard
+from martech.compose import build_registry, load_config
 from scheduler import outbox as outbox_sender
 from scheduler.clock import FakeClock
-from scheduler.config.loader import load_config
 from scheduler.context import ServiceContext
 from scheduler.engine import Engine as RunEngine
 from scheduler.settings import Settings

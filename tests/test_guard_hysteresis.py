@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from jobs.guard_hysteresis import Rules, apply, initial, next_delay
+from jobs.guard.hysteresis import Rules, apply, initial, next_delay
 from scheduler.config.checks import WindowRule
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from jobs.guard_runner import Guard
+from jobs.guard.runner import Guard
 from scheduler.clock import FakeClock
 from scheduler.store import checks as check_store
 from scheduler.store.checks import ResultRow

@@ -15,11 +15,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from jobs.guard_runner import Guard
-from jobs.guard_targets import CONNECTIVITY
-from jobs.guard_timing import FIRST_SPREAD_S
+from jobs.guard.runner import Guard
+from jobs.guard.targets import CONNECTIVITY
+from jobs.guard.timing import FIRST_SPREAD_S
+from martech.compose import load_config
 from scheduler.clock import FakeClock
-from scheduler.config.loader import load_config
 from scheduler.context import ServiceContext
 from scheduler.settings import Settings
 from scheduler.store import pauses

@@ -11,11 +11,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from jobs.guard_hysteresis import Rules, apply, initial
-from jobs.guard_runner import Guard
-from jobs.guard_timing import FIRST_SPREAD_S, first_due, next_due, phase, slot_at_or_before
+from jobs.guard.hysteresis import Rules, apply, initial
+from jobs.guard.runner import Guard
+from jobs.guard.timing import FIRST_SPREAD_S, first_due, next_due, phase, slot_at_or_before
+from martech.compose import load_config
 from scheduler.clock import FakeClock
-from scheduler.config.loader import load_config
 from scheduler.store.tables import check_results
 from tests.conftest import REPO
 from tests.http_server import HttpServer

@@ -16,13 +16,14 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 
-from jobs.newsletter import send_run
-from jobs.registry import build_registry
+from jobs.newsletter.kind import send_run
+from martech.compose import build_registry, load_config
 from scheduler.clock import FakeClock
-from scheduler.config.loader import load_config
 from scheduler.context import ServiceContext
 from scheduler.delivery.tokens import Signer, unsubscribe_token
 from scheduler.http_app import run_http_app
+from scheduler.service import Service
+from scheduler.settings import Settings
 from scheduler.store import heartbeats, pauses
 from scheduler.store import suppressions as suppression_store
 from scheduler.store.tables import check_state, tracking_events
@@ -59,7 +60,7 @@ class App:
 
 
 async def start_app(ctx: ServiceContext) -> asyncio.Task[None]:
-    task = asyncio.create_task(run_http_app(ctx))
+    task = asyncio.create_task(run_http_app(ctx, build_registry().http_routes))
     deadline = asyncio.get_running_loop().time() + 5
     while "http_port" not in ctx.extras:  # waiting on a real bind, not moving time
         assert not task.done(), task.exception()
@@ -238,7 +239,7 @@ async def test_a_taken_port_is_retried_not_fatal(app: App, tmp_path: Path,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     settings = app.ctx.settings.model_copy(update={"http_port": app.ctx.extras["http_port"]})
     second = ServiceContext(settings, app.ctx.config, app.ctx.db, app.clock)
-    task = asyncio.create_task(run_http_app(second))
+    task = asyncio.create_task(run_http_app(second, build_registry().http_routes))
     deadline = asyncio.get_running_loop().time() + 5
     while not any(r.__dict__.get("action") == "http_bind_failed" for r in caplog.records):
         assert asyncio.get_running_loop().time() < deadline
@@ -248,8 +249,11 @@ async def test_a_taken_port_is_retried_not_fatal(app: App, tmp_path: Path,
     await asyncio.wait_for(task, 2)
 
 
-def test_martech_run_starts_the_http_app() -> None:
-    assert build_registry().components["http"] is run_http_app
+def test_martech_run_starts_the_http_app_and_the_outbox(tmp_path: Path) -> None:
+    settings = Settings(config_dir=tmp_path, var_dir=tmp_path / "var",
+                        _env_file=None)  # type: ignore[call-arg]
+    components = Service(settings, build_registry()).components()
+    assert {"http", "outbox", "guard"} <= set(components)
 
 
 async def test_a_newsletter_sent_after_unsubscribing_skips_the_address(

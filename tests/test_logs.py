@@ -93,7 +93,7 @@ def test_webhook_urls_from_the_config_are_redacted(restore_logging: None, tmp_pa
     import shutil
     from pathlib import Path
 
-    from scheduler.config.loader import load_config
+    from martech.compose import load_config
 
     root = Path(str(tmp_path)) / "config"
     shutil.copytree(Path(__file__).resolve().parent.parent / "config", root)

@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from jobs.guard_runner import Guard
-from jobs.guard_targets import active_span
+from jobs.guard.runner import Guard
+from jobs.guard.targets import active_span
 from scheduler.clock import FakeClock
 from scheduler.config.checks import MaintenanceWindow
 from scheduler.store.tables import check_results

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 
-from jobs.guard_runner import Guard
+from jobs.guard.runner import Guard
 from scheduler.clock import FakeClock
 from scheduler.metrics import render_from_db
 from scheduler.store import pauses

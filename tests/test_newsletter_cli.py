@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from scheduler.cli import main
+from martech.cli import main
 from tests.newsletter_fixtures import write_config
 from tests.smtp_server import SmtpServer
 
@@ -64,7 +64,7 @@ def test_send_test_goes_to_the_given_address(tmp_path: Path) -> None:
 def _martech(root: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MARTECH_")},
            **_env(root, port, "smtp"), "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "scheduler", *args], cwd=root, env=env,
+    return subprocess.run([sys.executable, "-m", "martech", *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=30)
 
 
@@ -75,7 +75,7 @@ def test_send_now_honours_manual_pause_and_resume(tmp_path: Path) -> None:
     with SmtpServer() as server:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("MARTECH_")},
                **_env(tmp_path, server.port, "smtp"), "PYTHONPATH": str(REPO)}
-        proc = subprocess.Popen([sys.executable, "-m", "scheduler", "send", "news", "--now"],
+        proc = subprocess.Popen([sys.executable, "-m", "martech", "send", "news", "--now"],
                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 20

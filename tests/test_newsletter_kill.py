@@ -46,7 +46,7 @@ def _env(root: Path, port: int) -> dict[str, str]:
 def _start(root: Path, port: int, *, capture: bool = False) -> subprocess.Popen[bytes]:
     out = subprocess.PIPE if capture else subprocess.DEVNULL
     return subprocess.Popen(
-        [sys.executable, "-m", "scheduler", "send", "news", "--now", "--quiet"],
+        [sys.executable, "-m", "martech", "send", "news", "--now", "--quiet"],
         cwd=root, env=_env(root, port), stdout=out, stderr=subprocess.STDOUT)
 
 

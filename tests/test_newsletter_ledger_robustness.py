@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from jobs.audiences import AudienceError, AudienceStats, iter_audience
-from jobs.newsletter import TRANSPORT_OVERRIDE, NewsletterJob, send_run
-from scheduler.config.campaigns import AudienceConfig
+from jobs.newsletter import ledger
+from jobs.newsletter.audiences import AudienceError, AudienceStats, iter_audience
+from jobs.newsletter.config import AudienceConfig
+from jobs.newsletter.kind import TRANSPORT_OVERRIDE, NewsletterJob, send_run
 from scheduler.delivery.base import OutgoingMessage, SendOutcome
-from scheduler.store import deliveries as ledger
 from scheduler.store import heartbeats
 from scheduler.store import runs as run_store
 from scheduler.store.tables import deliveries, node_heartbeats
@@ -77,7 +77,7 @@ async def test_db_down_while_recording_raises_and_rerun_resolves_by_policy(
         tmp_path: Path, db_url: str, t0: datetime, monkeypatch: pytest.MonkeyPatch,
         policy: str, expect: str) -> None:
     write_config(tmp_path, rows=RECIPIENTS[:20], send={"delivery": policy})
-    monkeypatch.setattr("jobs.newsletter_send.RECORD_RETRY_DELAYS_S", (0.0, 0.01))
+    monkeypatch.setattr("jobs.newsletter.send.RECORD_RETRY_DELAYS_S", (0.0, 0.01))
     real = ledger.record
     calls = {"n": 0}
 
@@ -138,7 +138,7 @@ async def test_second_sender_on_same_run_resends_inflight_rows(
     a_ctx = context_for(settings_for(tmp_path, db_url, transport="file"))
     b_ctx = a_ctx
     if second != "same-node":
-        from jobs import newsletter_claims as claims
+        from jobs.newsletter import claims
 
         node = "node-b" if second == "other-node" else claims.cli_node_name("test-node")
         b_ctx = context_for(settings_for(tmp_path, db_url, transport="file", node_name=node))
@@ -167,7 +167,7 @@ def _dead_pid() -> int:
 
 def test_recover_spares_live_claimers_and_takes_dead_ones(
         tmp_path: Path, db_url: str, t0: datetime) -> None:
-    from jobs import newsletter_claims as claims
+    from jobs.newsletter import claims
 
     write_config(tmp_path, rows=RECIPIENTS[:8])
     ctx = context_for(settings_for(tmp_path, db_url))
@@ -205,8 +205,8 @@ async def test_cli_send_uses_its_own_node_name_and_heartbeats(
     """The service must see a live `send --now` as someone else's, alive (not adopt it)."""
     from rich.console import Console
 
-    from jobs.newsletter_send_cli import run_send
-    from scheduler.config.loader import load_config
+    from jobs.newsletter.send_cli import run_send
+    from martech.compose import load_config
     from scheduler.context import ServiceContext
     from scheduler.store.db import make_engine, upgrade
 
@@ -248,7 +248,7 @@ async def test_cli_send_uses_its_own_node_name_and_heartbeats(
         ctx.extras[TRANSPORT_OVERRIDE] = Probe()
         return ctx
 
-    monkeypatch.setattr("jobs.newsletter_send_cli.ServiceContext", with_probe)
+    monkeypatch.setattr("jobs.newsletter.send_cli.ServiceContext", with_probe)
     code = await run_send(State(), config, config.campaigns["news"], quiet=True,
                           console=Console(quiet=True), signals=(), clock_s=lambda: 0.0)
     expected = f"test-node:cli:{os.getpid()}"
@@ -287,7 +287,7 @@ async def test_on_abandoned_skips_the_pending_rows(
 # -- 4. SQL audiences time out ---------------------------------------------------------------
 
 def test_sql_audience_engine_options_carry_timeouts() -> None:
-    from jobs.audiences import engine_options
+    from jobs.newsletter.audiences import engine_options
 
     pg = engine_options("postgresql+psycopg://u@db.example/crm?options=-csearch_path%3Dcrm",
                         statement_timeout_s=2.5)
@@ -302,7 +302,7 @@ def test_sql_audience_engine_options_carry_timeouts() -> None:
 def test_slow_sql_audience_fails_with_a_clear_timeout_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert PG_URL
-    monkeypatch.setattr("jobs.audiences.SQL_STATEMENT_TIMEOUT_S", 0.3)
+    monkeypatch.setattr("jobs.newsletter.audiences.SQL_STATEMENT_TIMEOUT_S", 0.3)
     audience = AudienceConfig(sql="SELECT 'a@x.example' AS email, pg_sleep(5) AS slow",
                               database=PG_URL)
     started = time.monotonic()

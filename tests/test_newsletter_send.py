@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from jobs.newsletter import send_run
-from jobs.newsletter_probe import probe_once
+from jobs.newsletter.kind import send_run
+from jobs.newsletter.probe import probe_once
 from scheduler.delivery.tokens import Signer, verify_click, verify_unsubscribe
 from scheduler.store import pauses
 from scheduler.store import suppressions as suppression_store

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.newsletter import NewsletterJob
-from scheduler.config.loader import load_config
+from jobs.newsletter.kind import NewsletterJob
+from martech.compose import load_config
 from scheduler.errors import Problem
 from tests.newsletter_fixtures import settings_for, write_config
 

@@ -16,9 +16,10 @@ import pytest
 import sqlalchemy as sa
 from rich.console import Console
 
-from jobs.base import Registry, ScheduleSpec
+from jobs.report.config import REPORTS_FILE, ReportCampaign
 from scheduler.clock import FakeClock
 from scheduler.config.loader import LoadedConfig
+from scheduler.kinds import Registry, ScheduleSpec
 from scheduler.service import Service
 from scheduler.settings import Settings
 from scheduler.store.tables import schedule_cursors
@@ -39,6 +40,7 @@ class ConfigRecorder(RecorderKind):
     """The recording kind, scheduled from real ``report`` config entries."""
 
     kind = "report"
+    campaign_model = ReportCampaign
 
     def schedules(self, campaign: Any, config: LoadedConfig) -> list[ScheduleSpec]:
         return [ScheduleSpec(campaign.name, campaign.name, self.kind,
@@ -55,7 +57,7 @@ async def service(tmp_path: Path, db_url: str) -> AsyncIterator[Service]:
                         node_name="node-a", reload_poll_s=0.05,
                         _env_file=None)  # type: ignore[call-arg]
     registry = Registry()
-    registry.add_kind(ConfigRecorder())
+    registry.add_kind(ConfigRecorder(), REPORTS_FILE)
     svc = Service(settings, registry, clock=FakeClock(T0),
                   console=Console(file=io.StringIO(), width=200))
     from scheduler.service import load_and_validate

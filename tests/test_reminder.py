@@ -12,13 +12,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine as SaEngine
 
-from jobs.base import Registry
-from jobs.post_reminder import PostReminderKind, register
-from jobs.post_reminder_cli import calendar_table, mark_posted
+from jobs.reminders.cli import calendar_table, mark_posted
+from jobs.reminders.kind import PostReminderKind, register
+from martech.compose import load_config
 from scheduler.clock import FakeClock
-from scheduler.config.loader import load_config
 from scheduler.context import ServiceContext
 from scheduler.engine import Engine
+from scheduler.kinds import Registry
 from scheduler.outbox import deliver_due
 from scheduler.settings import Settings
 from scheduler.store import pauses

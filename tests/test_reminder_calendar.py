@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from jobs.base import Registry
-from jobs.post_calendar import campaign_posts, load_calendar
-from jobs.post_reminder import register
-from jobs.post_reminder_plan import lead_text
-from scheduler.config.loader import load_config
+from jobs.reminders.calendar import campaign_posts, load_calendar
+from jobs.reminders.kind import register
+from jobs.reminders.plan import lead_text
+from martech.compose import load_config
+from scheduler.kinds import Registry
 from scheduler.settings import Settings
 from tests.conftest import REPO
 
@@ -95,7 +95,7 @@ def test_lead_text(seconds: int, text: str) -> None:
 def test_cli_posted_and_calendar(tmp_path: Path) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from scheduler.cli import main
+    from martech.cli import main
 
     soon = (datetime.now(UTC) + timedelta(days=3)).strftime("%Y-%m-%d 10:00")
     cfg = tmp_path / "config"

@@ -13,10 +13,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine as SaEngine
 
-from jobs.report import ReportKind, build
-from jobs.report_render import render_html
+from jobs.report.config import ReportCampaign
+from jobs.report.kind import ReportKind, build
+from jobs.report.render import render_html
 from scheduler.clock import FakeClock
-from scheduler.config.campaigns import ReportCampaign
 from scheduler.config.checks import ChecksFile
 from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext

@@ -14,10 +14,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from jobs.newsletter import send_run
-from jobs.report_data import gather
+from jobs.newsletter.kind import send_run
+from jobs.newsletter.tracking import LinkTracker
+from jobs.report.data import gather
+from martech.compose import build_registry, load_config
 from scheduler.clock import FakeClock
-from scheduler.config.loader import load_config
 from scheduler.context import ServiceContext
 from scheduler.delivery.tokens import (
     CLICK,
@@ -25,7 +26,6 @@ from scheduler.delivery.tokens import (
     click_token,
     verify_click,
 )
-from scheduler.delivery.tracking import LinkTracker
 from scheduler.http_app import run_http_app
 from scheduler.store.tables import deliveries, tracking_events
 from tests.newsletter_fixtures import claim_run, settings_for, write_config
@@ -89,7 +89,7 @@ async def _send(tmp_path: Path, db: Engine, t0: datetime, *, extra: dict[str, An
 async def http(db: Engine, tmp_path: Path, t0: datetime
                ) -> AsyncIterator[tuple[Sent, aiohttp.ClientSession, str]]:
     sent, _clock = await _send(tmp_path, db, t0)
-    task = asyncio.create_task(run_http_app(sent.ctx))
+    task = asyncio.create_task(run_http_app(sent.ctx, build_registry().http_routes))
     deadline = asyncio.get_running_loop().time() + 5
     while "http_port" not in sent.ctx.extras:  # waiting on a real bind, not moving time
         assert not task.done(), task.exception()

@@ -6,17 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from scheduler.config.campaigns import Campaign, ReportCampaign
+from scheduler.config.campaigns import CampaignTypes, ListFile
 from scheduler.config.checks import ChecksFile
 from scheduler.config.yaml_lines import PathKey, YamlDocument, load_yaml
 from scheduler.errors import ConfigError, Problem
 from scheduler.gcpause import gc_paused
 from scheduler.logs import config_secret_values, redact_also
-
-_CAMPAIGN = TypeAdapter(Campaign)
-_KINDS = ("newsletter", "post_reminder", "report")
 
 
 @dataclass(frozen=True)
@@ -36,9 +33,10 @@ class Source:
 
 @dataclass
 class LoadedConfig:
-    """A validated configuration: what should happen (DESIGN invariant 1)."""
+    """A validated configuration: what should happen (ARCHITECTURE.md, "Invariants" 1)."""
 
     config_dir: Path
+    types: CampaignTypes | None = field(default=None, repr=False, compare=False)
     campaigns: dict[str, Any] = field(default_factory=dict)  # name -> Campaign model
     checks: ChecksFile = field(default_factory=ChecksFile)
     sources: dict[str, Source] = field(default_factory=dict)
@@ -71,31 +69,32 @@ class LoadedConfig:
         return candidate if candidate.is_absolute() else self.config_dir / candidate
 
 
-def _friendly(error: Any) -> str:
+def _friendly(error: Any, kinds: tuple[str, ...]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         return "unknown key (check the spelling; see `martech schema`)"
     if kind == "missing":
         return "required field is missing"
     if kind == "union_tag_invalid":
-        return f"kind must be one of {', '.join(_KINDS)}"
+        return f"kind must be one of {', '.join(kinds)}"
     if kind == "union_tag_not_found":
-        return f"kind is missing; expected one of {', '.join(_KINDS)}"
+        return f"kind is missing; expected one of {', '.join(kinds)}"
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
 
 
-def validation_problems(doc: YamlDocument, exc: ValidationError, base: PathKey) -> list[Problem]:
+def validation_problems(doc: YamlDocument, exc: ValidationError, base: PathKey,
+                        kinds: tuple[str, ...] = ()) -> list[Problem]:
     problems = []
     for error in exc.errors():
         loc = list(error["loc"])
         # Discriminated unions put the tag first; drop it, and nested union member names.
-        loc = [p for p in loc if not (isinstance(p, str) and p in (*_KINDS, "Selector"))]
+        loc = [p for p in loc if not (isinstance(p, str) and p in (*kinds, "Selector"))]
         loc = [p for p in loc if not (isinstance(p, str) and p.startswith("literal["))]
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc.append("kind")
         path: PathKey = (*base, *loc)
-        problems.append(doc.problem(path, _friendly(error)))
+        problems.append(doc.problem(path, _friendly(error, kinds)))
     return problems
 
 
@@ -114,19 +113,19 @@ def _campaign_entries(doc: YamlDocument) -> list[tuple[PathKey, Any]] | Problem:
     return doc.problem((), "expected a campaign (a mapping with name and kind) or a list of them")
 
 
-def load_config(config_dir: Path) -> LoadedConfig:
-    """Load and validate everything under ``config_dir``.
+def load_config(config_dir: Path, types: CampaignTypes) -> LoadedConfig:
+    """Load and validate everything under ``config_dir``; campaigns may be of ``types``.
 
     :raises ConfigError: listing every problem found, each as ``file:line: field: message``.
     """
     # Thousands of fresh, acyclic objects (data, models): the cyclic GC would only re-walk them.
     with gc_paused():
-        return _load_config(Path(config_dir))
+        return _load_config(Path(config_dir), types)
 
 
-def _load_config(config_dir: Path) -> LoadedConfig:
+def _load_config(config_dir: Path, types: CampaignTypes) -> LoadedConfig:
     problems: list[Problem] = []
-    loaded = LoadedConfig(config_dir=config_dir)
+    loaded = LoadedConfig(config_dir=config_dir, types=types)
     if not config_dir.is_dir():
         raise ConfigError([Problem(str(config_dir), None, "", "config directory not found")])
 
@@ -144,20 +143,8 @@ def _load_config(config_dir: Path) -> LoadedConfig:
         for base, item in entries:
             _add_campaign(loaded, doc, base, item, problems)
 
-    reports_path = config_dir / "reports.yaml"
-    if reports_path.exists():
-        loaded.files[reports_path] = reports_path.stat().st_mtime
-        doc, file_problems = load_yaml(reports_path)
-        problems += file_problems
-        if doc is not None and doc.data is not None:
-            reports = doc.data.get("reports") if isinstance(doc.data, dict) else None
-            if not isinstance(reports, list):
-                problems.append(doc.problem(("reports",), "expected a list of reports"))
-            else:
-                for index, item in enumerate(reports):
-                    if isinstance(item, dict):
-                        item = {"kind": "report", **item}
-                    _add_campaign(loaded, doc, ("reports", index), item, problems)
+    for list_file in types.list_files:
+        _load_list_file(loaded, list_file, problems)
 
     checks_path = config_dir / "checks.yaml"
     checks_doc: YamlDocument | None = None
@@ -179,13 +166,34 @@ def _load_config(config_dir: Path) -> LoadedConfig:
     return loaded
 
 
+def _load_list_file(loaded: LoadedConfig, list_file: ListFile, problems: list[Problem]) -> None:
+    """``reports.yaml``-style files: ``<key>: [...]``, each entry of one kind."""
+    path = loaded.config_dir / list_file.filename
+    if not path.exists():
+        return
+    loaded.files[path] = path.stat().st_mtime
+    doc, file_problems = load_yaml(path)
+    problems += file_problems
+    if doc is None or doc.data is None:
+        return
+    entries = doc.data.get(list_file.key) if isinstance(doc.data, dict) else None
+    if not isinstance(entries, list):
+        problems.append(doc.problem((list_file.key,), f"expected a list of {list_file.key}"))
+        return
+    for index, item in enumerate(entries):
+        if isinstance(item, dict):
+            item = {"kind": list_file.kind, **item}
+        _add_campaign(loaded, doc, (list_file.key, index), item, problems)
+
+
 def _add_campaign(
     loaded: LoadedConfig, doc: YamlDocument, base: PathKey, item: Any, problems: list[Problem]
 ) -> None:
+    assert loaded.types is not None
     try:
-        campaign = _CAMPAIGN.validate_python(item)
+        campaign = loaded.types.adapter.validate_python(item)
     except ValidationError as exc:
-        problems.extend(validation_problems(doc, exc, base))
+        problems.extend(validation_problems(doc, exc, base, loaded.types.kinds))
         return
     if campaign.name in loaded.campaigns:
         first = loaded.sources[campaign.name]
@@ -209,12 +217,6 @@ def _cross_references(loaded: LoadedConfig, checks_doc: YamlDocument | None) -> 
                     name, ("requires",),
                     f"campaign {name!r} requires unknown check {required!r}"
                     f" (known: {', '.join(sorted(check_names)) or 'none'})"))
-        if isinstance(campaign, ReportCampaign):
-            for other in campaign.campaigns:
-                if other not in loaded.campaigns:
-                    problems.append(loaded.campaign_problem(
-                        name, ("campaigns",),
-                        f"report {name!r} names unknown campaign {other!r}"))
     if checks_doc is not None:
         for index, guard in enumerate(loaded.checks.guards):
             if guard.check not in check_names:
@@ -236,8 +238,7 @@ def _cross_references(loaded: LoadedConfig, checks_doc: YamlDocument | None) -> 
 def config_fingerprint(config_dir: Path) -> dict[Path, float]:
     """mtimes of every config file, to notice edits without an inotify dependency."""
     files: dict[Path, float] = {}
-    for pattern in ("campaigns/*.y*ml", "checks.yaml", "reports.yaml", "audiences/*",
-                    "content/*"):
+    for pattern in ("campaigns/*.y*ml", "*.yaml", "audiences/*", "content/*"):
         for path in config_dir.glob(pattern):
             try:
                 files[path] = path.stat().st_mtime

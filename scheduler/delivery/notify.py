@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from scheduler.clock import SystemClock
 from scheduler.delivery.base import OutgoingMessage, SendOutcome, Transport
+from scheduler.delivery.factory import make_transport
 from scheduler.errors import HeaderInjectionError, MartechError
 
 if TYPE_CHECKING:
@@ -79,8 +80,6 @@ def notification_transport(ctx: ServiceContext) -> Transport:
     """The transport notifications share for the life of the context (created on first use)."""
     transport = ctx.extras.get(TRANSPORT_KEY)
     if transport is None:
-        from scheduler.delivery.factory import make_transport
-
         transport = make_transport(ctx.settings)
         ctx.extras[TRANSPORT_KEY] = transport
     return transport  # type: ignore[no-any-return]

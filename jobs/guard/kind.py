@@ -1,0 +1,32 @@
+"""The IT health guard: checks of the hosting, verdicts with hysteresis, campaigns paused and
+resumed by it (DESIGN invariants 4, 5). The pieces live in sibling modules:
+
+- ``jobs/checks/*``        probes (http, tcp, dns, smtp, tls), each step under a timeout
+- ``guard_hysteresis``     pure verdict logic
+- ``guard_targets``        which campaigns a check or maintenance window covers
+- ``guard_decide``         one transaction per decision: results, verdicts, pauses, alerts
+- ``guard_alerts``         e-mail and webhook alert rendering, outbox enqueueing
+- ``guard_runner``         scheduling: intervals, retries, concurrency bound, no overlap
+- ``guard_cli``            ``martech checks`` and ``martech metrics``
+"""
+
+from __future__ import annotations
+
+from jobs.guard.cli import add_commands
+from jobs.guard.runner import Guard
+from scheduler.context import ServiceContext
+from scheduler.kinds import Registry
+
+__all__ = ["Guard", "register", "run_guard"]
+
+
+async def run_guard(ctx: ServiceContext) -> None:
+    """Background component of ``martech run``: the guard, until ``ctx.stopping`` is set."""
+    guard = Guard(ctx)
+    ctx.extras["guard"] = guard
+    await guard.run()
+
+
+def register(registry: Registry) -> None:
+    registry.components["guard"] = run_guard
+    registry.cli.append(add_commands)

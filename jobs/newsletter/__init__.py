@@ -1,0 +1,1 @@
+"""Newsletters: templated e-mail to an audience, on a schedule, through a per-recipient ledger."""

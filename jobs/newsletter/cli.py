@@ -1,0 +1,165 @@
+"""``martech preview``, ``martech send-test`` and ``martech send --now`` for newsletters."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+
+from jobs.newsletter.audiences import AudienceStats, iter_audience, normalise
+from jobs.newsletter.claims import cli_settings
+from jobs.newsletter.config import NewsletterCampaign
+from jobs.newsletter.prepare import prepare
+from jobs.newsletter.send_cli import run_send
+from scheduler.cli import State, console, friendly_errors
+from scheduler.clock import SystemClock
+from scheduler.config.loader import load_config
+from scheduler.delivery.factory import make_transport
+from scheduler.delivery.message import valid_address
+from scheduler.errors import MartechError, UnknownCampaign
+from scheduler.store import pauses
+
+
+def _campaign(state: State, name: str) -> tuple[Any, Any]:
+    config = load_config(state.settings.config_dir, state.registry.campaign_types)
+    campaign = config.campaigns.get(name)
+    if campaign is None:
+        raise UnknownCampaign(name)
+    if not isinstance(campaign, NewsletterCampaign):
+        raise MartechError(f"{name!r} is a {campaign.kind} campaign, not a newsletter")
+    return config, campaign
+
+
+def _row_for(campaign: Any, config: Any, recipient: str | None) -> tuple[str, dict[str, Any]]:
+    wanted = normalise(recipient) if recipient else None
+    for email, variables in iter_audience(campaign.audience, campaign.segment,
+                                          config.config_dir, AudienceStats()):
+        if wanted is None or email == wanted:
+            return email, variables
+    if wanted is None:
+        raise MartechError(f"the audience of {campaign.name!r} has no valid recipient")
+    raise MartechError(f"{recipient} is not in the audience (or segment) of {campaign.name!r}")
+
+
+def _message(state: Any, config: Any, campaign: Any, email: str, variables: dict[str, Any],
+             *, to: str | None = None, subject_prefix: str = "") -> Any:
+    prepared = prepare(campaign, config, state.settings, run_id=None)
+    url, links = prepared.unsubscribe_links(email)
+    values = prepared.variables(email, variables, url)
+    rendered = prepared.templates.check(values)
+    builder = prepared.builder
+    builder.set_date(SystemClock().now())
+    message = builder.build(
+        to=to or email, subject=subject_prefix + rendered.subject, text=rendered.text,
+        html=rendered.html, message_id=f"test.{uuid.uuid4().hex}@{builder.domain}",
+        list_unsubscribe=links)
+    return rendered, message
+
+
+@click.command()
+@click.argument("campaign")
+@click.option("--recipient", help="Render for this audience member (default: the first).")
+@click.pass_obj
+@friendly_errors
+def preview(state: State, campaign: str, recipient: str | None) -> None:
+    """Render CAMPAIGN for one recipient into var/previews/ (HTML, text, headers)."""
+    config, camp = _campaign(state, campaign)
+    email, variables = _row_for(camp, config, recipient)
+    rendered, message = _message(state, config, camp, email, variables)
+    out = Path(state.settings.var_dir) / "previews" / campaign
+    out.mkdir(parents=True, exist_ok=True)
+    stem = email.replace("@", "_at_")
+    head = message.data.split(b"\r\n\r\n", 1)[0].decode("ascii").replace("\r\n", "\n")
+    paths = {
+        "html": (out / f"{stem}.html", rendered.html),
+        "text": (out / f"{stem}.txt", rendered.text),
+        "headers": (out / f"{stem}.headers.txt", head + "\n"),
+    }
+    for _kind, (path, content) in paths.items():
+        path.write_text(content, encoding="utf-8")
+    (out / f"{stem}.eml").write_bytes(message.data)
+    console.print(f"preview of {campaign} for {email}:", markup=False)
+    for kind, (path, _c) in paths.items():
+        console.print(f"  {kind:8} {path}", markup=False)
+    console.print(f"  {'message':8} {out / f'{stem}.eml'}", markup=False)
+
+
+@click.command("resume-send")
+@click.argument("campaign")
+@click.pass_obj
+@friendly_errors
+def resume_send(state: State, campaign: str) -> None:
+    """Clear the sender's own pauses of CAMPAIGN (error_budget, smtp_unreachable)."""
+    _campaign(state, campaign)
+    cleared = []
+    with state.db().begin() as conn:
+        for reason in (pauses.ERROR_BUDGET, pauses.SMTP_UNREACHABLE):
+            if pauses.remove(conn, campaign, reason, SystemClock().now()):
+                cleared.append(reason)
+        others = [p.reason for p in pauses.reasons(conn, campaign)]
+    msg = f"{campaign}: cleared {', '.join(cleared)}" if cleared else \
+        f"{campaign}: no error_budget or smtp_unreachable pause"
+    if others:
+        msg += f"; still paused by {', '.join(others)}"
+    console.print(msg, markup=False)
+
+
+@click.command("send-test")
+@click.argument("campaign")
+@click.option("--to", "to", required=True, help="Where the test goes (e.g. yourself).")
+@click.option("--recipient", help="Render as this audience member (default: the first).")
+@click.pass_obj
+@friendly_errors
+def send_test(state: State, campaign: str, to: str, recipient: str | None) -> None:
+    """Send one test of CAMPAIGN to --to, rendered for an audience member."""
+    if not valid_address(to.strip()):
+        raise MartechError(f"--to {to!r} is not an e-mail address")
+    config, camp = _campaign(state, campaign)
+    email, variables = _row_for(camp, config, recipient)
+    _rendered, message = _message(state, config, camp, email, variables, to=to.strip(),
+                                  subject_prefix="[TEST] ")
+
+    async def _go() -> Any:
+        transport = make_transport(cli_settings(state.settings))
+        try:
+            return await transport.send(message)
+        finally:
+            await transport.close()
+
+    outcome = asyncio.run(_go())
+    if not outcome.ok:
+        raise MartechError(f"test not sent: {outcome.error}")
+    console.print(f"test of {campaign} sent to {to} via {state.settings.transport} "
+                  f"(rendered as {email})", markup=False)
+
+
+@click.command()
+@click.argument("campaign")
+@click.option("--now", is_flag=True, help="Send immediately (required).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_obj
+@friendly_errors
+def send(state: State, campaign: str, now: bool, quiet: bool) -> None:
+    """Send CAMPAIGN now, with progress; resumes an interrupted manual send.
+
+    `martech pause CAMPAIGN` stops it within one batch; `martech resume` continues it.
+    """
+    if not now:
+        raise click.UsageError("pass --now to send immediately; scheduled sends happen "
+                               "in `martech run`")
+    config = state.config()
+    _config, camp = _campaign(state, campaign)
+    sys.exit(asyncio.run(run_send(state, config, camp, quiet=quiet, console=console,
+                                  signals=(signal.SIGINT, signal.SIGTERM),
+                                  clock_s=time.monotonic)))
+
+
+def register(group: click.Group) -> None:
+    for command in (preview, resume_send, send_test, send):
+        group.add_command(command)

@@ -1,0 +1,86 @@
+"""What a marketer may write in a ``kind: newsletter`` campaign file."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from scheduler.config.base import ScheduleConfig, StrictModel
+from scheduler.config.campaigns import CampaignBase, UtmConfig
+from scheduler.durations import Duration
+
+
+class AudienceConfig(StrictModel):
+    """Who receives a newsletter: a CSV file, or a SQL query against a database."""
+
+    csv: str | None = Field(default=None, description="path relative to the config directory")
+    sql: str | None = Field(default=None, description="SELECT returning an email column")
+    database: str | None = Field(
+        default=None, description="SQLAlchemy URL, or ${ENV_VAR} holding one"
+    )
+    email_column: str = "email"
+    delimiter: str = ","
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AudienceConfig:
+        if (self.csv is None) == (self.sql is None):
+            raise ValueError("give exactly one of csv or sql")
+        if self.sql is not None and not self.database:
+            raise ValueError("sql needs database: (a URL or ${ENV_VAR})")
+        return self
+
+
+class SegmentConfig(StrictModel):
+    """Which audience rows receive the campaign. Tags come from a ``tags`` column (a|b|c)."""
+
+    tags_any: list[str] = Field(default_factory=list)
+    tags_all: list[str] = Field(default_factory=list)
+    tags_none: list[str] = Field(default_factory=list)
+    where: dict[str, str] = Field(default_factory=dict, description="column equals value")
+
+
+class TrackConfig(StrictModel):
+    """Click and open tracking; only active when MARTECH_PUBLIC_BASE_URL is set."""
+
+    clicks: bool = Field(default=True, description="send links through the /c/ redirect")
+    opens: bool = Field(default=True, description="add a 1x1 pixel that records opens")
+
+
+class SendConfig(StrictModel):
+    rate_per_s: float | None = Field(default=None, gt=0)
+    rate_per_h: float | None = Field(default=None, gt=0)
+    connections: int = Field(default=4, ge=1, le=64)
+    batch_size: int = Field(default=200, ge=1, le=10_000)
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    retry_backoff: Duration = Field(default=timedelta(seconds=30))
+    on_pause: Literal["hold", "skip"] = "hold"
+    max_delay: Duration = Field(
+        default=timedelta(days=1), description="a held run older than this is skipped"
+    )
+    delivery: Literal["at_most_once", "at_least_once"] = "at_most_once"
+
+
+class ErrorBudgetConfig(StrictModel):
+    """Pause when more than ``max_failure_ratio`` of the last ``window`` sends failed."""
+
+    max_failure_ratio: float = Field(default=0.2, gt=0, le=1)
+    window: int = Field(default=200, ge=10)
+
+
+class NewsletterCampaign(CampaignBase):
+    kind: Literal["newsletter"]
+    schedule: ScheduleConfig
+    audience: AudienceConfig
+    segment: SegmentConfig | None = None
+    from_: str = Field(alias="from", description='e.g. "Acme News <news@acme.example>"')
+    reply_to: str | None = None
+    subject: str = Field(description="a template, e.g. 'Hello {{ first_name }}'")
+    template: str = Field(description="name under templates/email/ (.html and optional .txt)")
+    context: dict[str, Any] = Field(default_factory=dict)
+    context_file: str | None = None
+    utm: UtmConfig | None = None
+    track: TrackConfig = Field(default_factory=TrackConfig)
+    send: SendConfig = Field(default_factory=SendConfig)
+    error_budget: ErrorBudgetConfig = Field(default_factory=ErrorBudgetConfig)

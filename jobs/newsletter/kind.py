@@ -1,0 +1,64 @@
+"""The newsletter job kind: a campaign file + a template → e-mail to an audience, on schedule."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from jobs.newsletter import cli, http_tracking, http_unsubscribe, ledger
+from jobs.newsletter.config import NewsletterCampaign
+from jobs.newsletter.probe import relay_probe
+from jobs.newsletter.runner import TRANSPORT_OVERRIDE, send_run
+from jobs.newsletter.validate import validate_newsletter
+from scheduler.config.loader import LoadedConfig
+from scheduler.context import ServiceContext
+from scheduler.errors import Problem
+from scheduler.kinds import Registry, RunResult, ScheduleSpec
+from scheduler.settings import Settings
+from scheduler.store.runs import RunRow
+
+log = logging.getLogger("martech.newsletter")
+
+__all__ = ["TRANSPORT_OVERRIDE", "NewsletterJob", "register", "send_run"]
+
+
+class NewsletterJob:
+    kind = "newsletter"
+    campaign_model = NewsletterCampaign
+
+    def schedules(self, campaign: Any, config: LoadedConfig) -> list[ScheduleSpec]:
+        assert isinstance(campaign, NewsletterCampaign)
+        return [ScheduleSpec(
+            key=campaign.name, campaign=campaign.name, kind=self.kind,
+            schedule=campaign.schedule.to_schedule(),
+            misfire_grace=campaign.schedule.misfire_grace, missed=campaign.schedule.missed,
+            on_pause=campaign.send.on_pause, max_delay=campaign.send.max_delay)]
+
+    async def execute(self, ctx: ServiceContext, campaign: Any, run: RunRow) -> RunResult:
+        return await send_run(ctx, campaign, run.id, on_pause="return")
+
+    async def on_abandoned(self, ctx: ServiceContext, campaign: Any, run: RunRow,
+                           reason: str) -> None:
+        """The engine gave up on ``run`` (missed, or skipped past max_delay) without it
+        finishing: its pending rows are marked ``skipped`` so none waits forever."""
+
+        def _skip() -> int:
+            with ctx.begin() as conn:
+                return ledger.skip_pending(conn, run.id, reason)
+
+        skipped = await ctx.in_thread(_skip)
+        if skipped:
+            log.info("%d pending deliveries skipped: %s", skipped, reason,
+                     extra={"action": "abandon", "job": run.campaign, "run_id": run.id,
+                            "count": skipped})
+
+    def validate(self, campaign: Any, config: LoadedConfig, settings: Settings) -> list[Problem]:
+        assert isinstance(campaign, NewsletterCampaign)
+        return validate_newsletter(campaign, config, settings)
+
+
+def register(registry: Registry) -> None:
+    registry.add_kind(NewsletterJob())
+    registry.cli.append(cli.register)
+    registry.components["newsletter-relay-probe"] = relay_probe
+    registry.http_routes += [http_unsubscribe.add_routes, http_tracking.add_routes]

@@ -1,0 +1,31 @@
+"""What may be written for a ``kind: report`` (a campaign file or ``reports.yaml``)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import Field
+
+from scheduler.config.base import ScheduleConfig
+from scheduler.config.campaigns import CampaignBase, ListFile
+from scheduler.durations import Duration
+
+ReportFormat = Literal["html", "csv", "json"]
+REPORT_FORMATS: tuple[ReportFormat, ...] = ("html", "csv", "json")
+
+
+class ReportCampaign(CampaignBase):
+    """A tracking report, written to var/reports and optionally e-mailed."""
+
+    kind: Literal["report"]
+    schedule: ScheduleConfig
+    period: Duration = Field(default=timedelta(days=7))
+    formats: list[ReportFormat] = Field(default_factory=lambda: list(REPORT_FORMATS))
+    campaigns: list[str] = Field(default_factory=list, description="empty means all")
+    email: list[str] = Field(default_factory=list)
+    from_: str = Field(default="martech <martech@localhost>", alias="from")
+
+
+# Reports may also be listed in config/reports.yaml, each entry without `kind:`.
+REPORTS_FILE = ListFile("reports.yaml", "reports", "report")

@@ -1,0 +1,3 @@
+from martech.cli import main
+
+main()
