@@ -30,6 +30,7 @@ test: $(DEV_STAMP)
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check martech scheduler jobs tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
