@@ -139,8 +139,8 @@ def run_ours(root: Path, *, transport: str, port: int = 0) -> tuple[float, dict[
     settings = Settings(database_url=f"sqlite:///{root}/bench.db", config_dir=root / "config",
                         templates_dir=root / "templates", var_dir=root / "var",
                         transport=transport, smtp_host="127.0.0.1", smtp_port=port,
-                        public_base_url="https://mt.acme.example", secret_key="bench",
-                        node_name="bench")
+                        public_base_url="https://mt.acme.example",
+                        secret_key="bench-key-0123456789-abcdefghijklmnop", node_name="bench")
     engine = make_engine(settings.database_url)
     upgrade(engine)
     ctx = ServiceContext(settings, load_config(settings.config_dir), engine)

@@ -21,6 +21,7 @@ from scheduler.clock import SystemClock, utc
 from scheduler.config.loader import LoadedConfig
 from scheduler.config.schema import write_schemas
 from scheduler.context import ServiceContext
+from scheduler.delivery import budget as render_budget
 from scheduler.engine import Engine, next_fire_times
 from scheduler.errors import ConfigError, MartechError, UnknownCampaign
 from scheduler.kinds import Registry
@@ -57,6 +58,7 @@ class State:
                          f"{e['msg']}" for e in exc.errors()]
                 raise click.ClickException("\n".join(lines)) from None
             setup_logging(self._settings)
+            render_budget.configure(self._settings.render_budget_ms)
         return self._settings
 
     def config(self) -> LoadedConfig:

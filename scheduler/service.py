@@ -13,9 +13,11 @@ from rich.console import Console
 from scheduler.clock import Clock, SystemClock
 from scheduler.config.loader import LoadedConfig, config_fingerprint, load_config
 from scheduler.context import ServiceContext
+from scheduler.delivery import budget as render_budget
 from scheduler.engine import Engine
 from scheduler.errors import ConfigError
 from scheduler.http_app import run_http_app
+from scheduler.keys import signer_for
 from scheduler.kinds import Registry, ServiceComponent
 from scheduler.outbox import run_outbox
 from scheduler.settings import Settings
@@ -56,6 +58,9 @@ class Service:
         self._reload.set()
 
     async def run(self, config: LoadedConfig) -> int:
+        """:raises InsecureSecretKey: a public URL with a guessable key; nothing is started."""
+        signer_for(self.settings)  # refuse before anything listens; log a generated key
+        render_budget.configure(self.settings.render_budget_ms)
         db = make_engine(self.settings.database_url)
         await asyncio.to_thread(upgrade, db)
         self.ctx = ctx = ServiceContext(self.settings, config, db, self.clock)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class TransportKind(StrEnum):
@@ -72,12 +74,24 @@ class Settings(BaseSettings):
     public_base_url: str | None = Field(
         default=None, description="public URL of the tracking endpoints, e.g. https://mt.acme.com"
     )
-    secret_key: SecretStr = Field(
-        default=SecretStr("insecure-dev-key-change-me"),
-        description="HMAC key for links and unsubscribe tokens",
-    )
+    # Keys (scheduler/keys.py): with a public URL the key must be set and >= 32 bytes.
+    secret_key: SecretStr | None = Field(
+        default=None, description="HMAC key (>= 32 bytes) for links; `martech keygen` prints one")
+    previous_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="rotated-out keys that still verify (comma-separated)")
+    render_budget_ms: int = Field(
+        default=1000, gt=0, description="work budget of rendering one message's templates")
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8025, ge=0, le=65535)
+    http_idle_timeout_s: float = Field(
+        default=15.0, gt=0, description="close connections idle or still sending headers")
+    http_request_timeout_s: float = Field(
+        default=10.0, gt=0, description="answer 408 to a request (body included) taking longer")
+    unsubscribe_posts_per_min: int = Field(
+        default=10, ge=0, description="per client address; 0 turns the limit off")
+    http_trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="reverse proxies whose X-Forwarded-For names the client (comma-separated)")
 
     log_format: LogFormat = LogFormat.text
     log_level: str = "INFO"
@@ -94,6 +108,19 @@ class Settings(BaseSettings):
             raise ValueError("expected an SQLAlchemy URL like sqlite:///var/martech.db")
         return value
 
+    @field_validator("previous_secret_keys", "http_trusted_proxies", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        # One env variable or secret file: comma- or whitespace-separated, a JSON list also works.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [v for v in re.split(r"[\s,]+", text) if v]
+        if isinstance(value, SecretStr):
+            return cls._split_list(value.get_secret_value())
+        return value
+
     @property
     def resolved_outbox_dir(self) -> Path:
         return self.outbox_dir or self.var_dir / "outbox"
@@ -105,6 +132,8 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 value = "********" if value.get_secret_value() else ""
+            elif name == "previous_secret_keys":
+                value = ["********" for _key in value]
             elif name == "database_url":
                 value = mask_url(value)
             elif isinstance(value, Path | StrEnum):

@@ -50,7 +50,7 @@ def _row_for(campaign: Any, config: Any, recipient: str | None) -> tuple[str, di
 def _message(state: Any, config: Any, campaign: Any, email: str, variables: dict[str, Any],
              *, to: str | None = None, subject_prefix: str = "") -> Any:
     prepared = prepare(campaign, config, state.settings, run_id=None)
-    url, links = prepared.unsubscribe_links(email)
+    url, links = prepared.unsubscribe_links(None)  # no delivery: the link unsubscribes no one
     values = prepared.variables(email, variables, url)
     rendered = prepared.templates.check(values)
     builder = prepared.builder

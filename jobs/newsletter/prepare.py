@@ -17,10 +17,11 @@ from jobs.newsletter.ledger import DeliveryRow
 from jobs.newsletter.tracking import LinkTracker
 from scheduler.config.loader import LoadedConfig
 from scheduler.delivery.base import OutgoingMessage
-from scheduler.delivery.message import Envelope, MessageBuilder, parse_mailbox
+from scheduler.delivery.message import Envelope, MessageBuilder, check_header, parse_mailbox
 from scheduler.delivery.render import CampaignTemplates
-from scheduler.delivery.tokens import Signer, unsubscribe_token
+from scheduler.delivery.tokens import Signer, scope_unsubscribe_token, unsubscribe_token
 from scheduler.errors import MartechError
+from scheduler.keys import signer_for
 from scheduler.settings import Settings
 
 
@@ -84,9 +85,11 @@ class Prepared:
                                "campaign": self.campaign.name}
         self.templates.specialise({**self.context, "campaign": self.campaign.name})
 
-    def unsubscribe_links(self, email: str) -> tuple[str, list[str]]:
-        """``(url for the template, List-Unsubscribe entries)``."""
-        token = unsubscribe_token(self.signer, self.campaign.name, email)
+    def unsubscribe_links(self, delivery_id: int | None) -> tuple[str, list[str]]:
+        """``(url for the template, List-Unsubscribe entries)``; the token names the delivery
+        (no address), or for a test message (no delivery) unsubscribes no one."""
+        token = (unsubscribe_token(self.signer, delivery_id) if delivery_id is not None
+                 else scope_unsubscribe_token(self.signer, self.campaign.name))
         mailto = f"mailto:{self.mailto}?subject={quote('unsubscribe ' + token)}"
         if self.base_url:
             https = f"{self.base_url}/unsubscribe/{token}"
@@ -105,18 +108,22 @@ def prepare(campaign: NewsletterCampaign, config: LoadedConfig, settings: Settin
             run_id: int | None) -> Prepared:
     """Compile templates, load the context, build the per-run header block.
 
-    :raises TemplateError, ContextFileError, AddressError: the campaign cannot be sent.
+    :raises TemplateError, ContextFileError, AddressError, HeaderInjectionError,
+        InsecureSecretKey: the campaign cannot be sent.
     """
     base_url = settings.public_base_url.rstrip("/") if settings.public_base_url else None
     templates = CampaignTemplates(
         Path(settings.templates_dir), campaign.template, campaign.subject,
-        utm=utm_params(campaign), skip_utm_prefixes=(base_url or "",))
+        utm=utm_params(campaign), skip_utm_prefixes=(base_url or "",),
+        budget_ms=settings.render_budget_ms)
+    if templates.subject_const is not None:  # the same for everyone: refuse it once, here
+        check_header("Subject", templates.subject_const)
     context = load_context(campaign, config)
     _name, sender = parse_mailbox(campaign.from_)
     envelope = Envelope(from_header=campaign.from_, reply_to=campaign.reply_to,
                         campaign=campaign.name, run_id=run_id, one_click=base_url is not None)
     builder = MessageBuilder(envelope, boundary_seed=f"{campaign.name}{run_id or 0}")
-    signer = Signer(settings.secret_key.get_secret_value())
+    signer = signer_for(settings)
     track = campaign.track
     tracker = (LinkTracker(signer, base_url, clicks=track.clicks, opens=track.opens)
                if base_url and (track.clicks or track.opens) else None)
@@ -126,7 +133,7 @@ def prepare(campaign: NewsletterCampaign, config: LoadedConfig, settings: Settin
 
 def compose(prepared: Prepared, row: DeliveryRow) -> OutgoingMessage:
     """The per-recipient path: render, then join the precomputed header block."""
-    url, links = prepared.unsubscribe_links(row.recipient)
+    url, links = prepared.unsubscribe_links(row.id)
     templates = prepared.templates
     values = row.variables or {}
     if templates.split is not None and not templates.shared_names.intersection(values):
@@ -143,7 +150,7 @@ def compose(prepared: Prepared, row: DeliveryRow) -> OutgoingMessage:
     if prepared.tracker is not None:
         # After rendering, so both render paths get the very same links; the text part keeps
         # its plain (UTM-tagged) links.
-        html = prepared.tracker.apply(html, row.id)
+        html = prepared.tracker.apply(html, row.id, row.recipient)
     message_id = row.message_id or prepared.builder.message_id(row.id)
     return prepared.builder.build(to=row.recipient, subject=rendered.subject, text=rendered.text,
                                   html=html, message_id=message_id,

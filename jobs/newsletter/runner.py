@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jobs.newsletter.config import NewsletterCampaign
-from jobs.newsletter.prepare import prepare
+from jobs.newsletter.prepare import Prepared, prepare
 from jobs.newsletter.send import ProgressFn, Sender
 from scheduler.context import ServiceContext
 from scheduler.delivery.base import Transport
@@ -15,11 +15,16 @@ from scheduler.kinds import RunResult
 TRANSPORT_OVERRIDE = "newsletter_transport"
 
 
+def _prepare(campaign: NewsletterCampaign, ctx: ServiceContext, run_id: int) -> Prepared:
+    return prepare(campaign, ctx.config, ctx.settings, run_id=run_id)
+
+
 async def send_run(ctx: ServiceContext, campaign: NewsletterCampaign, run_id: int, *,
                    on_pause: str, progress: ProgressFn | None = None) -> RunResult:
     """Send (or resume) run ``run_id`` of ``campaign`` through the configured transport."""
     try:
-        prepared = prepare(campaign, ctx.config, ctx.settings, run_id=run_id)
+        # In a thread: compiling and the run-once render of the shared part are budgeted CPU.
+        prepared = await ctx.in_thread(_prepare, campaign, ctx, run_id)
     except MartechError as exc:
         return RunResult("failed", f"cannot prepare the campaign: {exc}")
     override: Transport | None = ctx.extras.get(TRANSPORT_OVERRIDE)

@@ -23,9 +23,11 @@ from jobs.newsletter.audiences import AudienceStats, iter_audience
 from jobs.newsletter.prepare import Prepared, compose
 from scheduler.context import ServiceContext
 from scheduler.delivery.base import OutgoingMessage, SendOutcome, Transport
+from scheduler.delivery.budget import TemplateBudgetExceeded
 from scheduler.delivery.ratelimit import RateLimiter
 from scheduler.errors import MartechError
 from scheduler.kinds import RunResult
+from scheduler.privacy import exclude_forgotten
 from scheduler.store import pauses
 from scheduler.store.tables import runs
 
@@ -38,6 +40,9 @@ POLL_S = 0.5
 # raises (the engine then re-spawns it; the rows still ``sending`` are resolved by policy).
 RECORD_RETRY_DELAYS_S: tuple[float, ...] = (0.1, 0.5, 2.0)
 TRANSIENT_DB_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError)
+# Renders over their budget in a row before the campaign is paused: each one costs a whole
+# budget of CPU, and a template that is too slow for three recipients is for the rest.
+OVER_BUDGET_PAUSE_AFTER = 3
 
 
 @dataclass
@@ -81,6 +86,8 @@ class Sender:
         self.window: deque[bool] = deque(maxlen=self.campaign.error_budget.window)
         self.stats: dict[str, Any] = {}
         self.extra = {"job": self.campaign.name, "run_id": run_id}
+        self.over_budget_in_a_row = 0
+        self.over_budget: str | None = None  # set: pause the campaign, naming the template
 
     # -- materialise -------------------------------------------------------------------------
 
@@ -109,6 +116,7 @@ class Sender:
         with self.ctx.begin() as conn:
             ledger.materialise(conn, self.run_id, chunk)
             suppressed = ledger.exclude_suppressed(conn, self.run_id)
+            suppressed += exclude_forgotten(conn, self.prepared.signer, self.run_id)
             ledger.assign_message_ids(conn, self.run_id, prefix, suffix)
             total = sum(ledger.counts(conn, self.run_id).values())
             stats = {"materialised": True, "audience_rows": audience.rows,
@@ -208,6 +216,12 @@ class Sender:
             unreachable = [row for row, out in results if out.unreachable]
             attempted = [(row, out) for row, out in results if not out.unreachable]
             await self._record(attempted, [r.id for r in unreachable])
+            if self.over_budget is not None:
+                await self.ctx.in_thread(self._pause, pauses.ERROR_BUDGET, self.over_budget)
+                log.error("template over its render budget; campaign paused: %s",
+                          self.over_budget, extra={**self.extra, "action": "render_budget"})
+                self.over_budget = None
+                continue
             if unreachable and not attempted:
                 error = results[0][1].error or "relay unreachable"
                 await self.ctx.in_thread(self._pause, pauses.SMTP_UNREACHABLE, error)
@@ -247,18 +261,37 @@ class Sender:
         with self.ctx.begin() as conn:
             return ledger.next_retry_at(conn, self.run_id)
 
+    def _compose_all(self, batch: list[ledger.DeliveryRow]
+                     ) -> list[OutgoingMessage | SendOutcome]:
+        """Render a batch (in a thread: a render may take its whole budget, and the event loop
+        must keep serving the HTTP app and other campaigns meanwhile)."""
+        out: list[OutgoingMessage | SendOutcome] = []
+        for row in batch:
+            if self.over_budget is not None:  # released, sent once the template is fixed
+                out.append(SendOutcome(ok=False, unreachable=True, error="not rendered"))
+                continue
+            try:
+                out.append(compose(self.prepared, row))
+                self.over_budget_in_a_row = 0
+            except MartechError as exc:  # a template or header problem for this row
+                out.append(SendOutcome(ok=False, error=str(exc)[:500], permanent=True))
+                if isinstance(exc, TemplateBudgetExceeded):
+                    self.over_budget_in_a_row += 1
+                    if self.over_budget_in_a_row >= OVER_BUDGET_PAUSE_AFTER:
+                        self.over_budget_in_a_row = 0
+                        self.over_budget = f"{OVER_BUDGET_PAUSE_AFTER} renders in a row: {exc}"
+        return out
+
     async def _send_batch(self, batch: list[ledger.DeliveryRow]
                           ) -> list[tuple[ledger.DeliveryRow, SendOutcome]]:
         self.prepared.builder.set_date(self.ctx.clock.now())
+        composed = await self.ctx.in_thread(self._compose_all, batch)
         outcomes: list[SendOutcome | None] = [None] * len(batch)
         queue = iter(enumerate(batch))
-        prepared, transport = self.prepared, self.transport
+        transport = self.transport
 
         def build(job: tuple[int, ledger.DeliveryRow]) -> OutgoingMessage | SendOutcome:
-            try:
-                return compose(prepared, job[1])
-            except MartechError as exc:  # a template or header problem for this row
-                return SendOutcome(ok=False, error=str(exc)[:500], permanent=True)
+            return composed[job[0]]
 
         def done(job: tuple[int, ledger.DeliveryRow], outcome: SendOutcome) -> None:
             outcomes[job[0]] = outcome

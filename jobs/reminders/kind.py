@@ -152,8 +152,12 @@ class PostReminderKind:
 
         now = ctx.clock.now()
         note = held_note(run, await ctx.in_thread(_history), tz, now)
-        view = self._view(campaign, post, occurrence, lead, post_at, link_status, note, now)
-        subject, text, html = render_email(view, ctx.settings.templates_dir)
+        def _render() -> tuple[ReminderView, tuple[str, str, str]]:
+            # In a thread: templates have a work budget, and the loop must not wait on it.
+            view = self._view(campaign, post, occurrence, lead, post_at, link_status, note, now)
+            return view, render_email(view, ctx.settings.templates_dir)
+
+        view, (subject, text, html) = await ctx.in_thread(_render)
         rows = [(t, self._payload(t, campaign, view, post_at, subject, text, html, run.id))
                 for t in campaign.notify]
 

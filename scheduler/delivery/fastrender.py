@@ -20,6 +20,8 @@ import jinja2
 from jinja2 import nodes
 from markupsafe import escape
 
+from scheduler.delivery.budget import TemplateBudgetExceeded
+
 SENTINEL = "\x02MT{}\x03"
 
 
@@ -106,6 +108,8 @@ def split_template(env: jinja2.Environment, source: str, recipient_vars: frozens
     try:
         template = env.from_string(ast)
         once = template.render(dict(shared))
+    except TemplateBudgetExceeded:
+        raise  # it would be over budget for every recipient: say so once, now
     except Exception:  # e.g. the shared context alone is incomplete: Jinja per recipient
         return None
     pieces: list[str] = []

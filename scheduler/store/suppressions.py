@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from scheduler.store.dialect import insert_for
 from scheduler.store.tables import suppressions
 
-REASONS = ("unsubscribed", "hard_bounce", "manual")
+REASONS = ("unsubscribed", "hard_bounce", "manual", "forgotten")  # forgotten: a keyed hash
 
 
 def add(conn: sa.Connection, email: str, reason: str, now: datetime, *,
