@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from scheduler.clock import utc
 from scheduler.context import ServiceContext
 from scheduler.kinds import HttpRoutes
+from scheduler.logs import RouteAccessLogger, guard_http_loggers
 from scheduler.metrics import render_from_db
 from scheduler.store import heartbeats
 
@@ -27,13 +29,37 @@ log = logging.getLogger("martech.http")
 HEALTH_MAX_AGE_S = 60.0  # the default of `martech health --max-age-s`
 SHUTDOWN_TIMEOUT_S = 2.0  # in-flight requests are tiny; never hold up the service's stop
 MAX_BODY_BYTES = 16 * 1024  # the only bodies we read are one-click form posts
+LINGER_S = 2.0
 BIND_RETRY_S = (1.0, 30.0)  # first and longest wait before retrying a port that is taken
 # The classic text format, which is what generate_latest() writes and every Prometheus reads.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+def request_deadline(timeout_s: float) -> Middleware:
+    """A request (its body included) that takes longer than ``timeout_s`` gets 408 and its
+    connection closed: a client dribbling a body must not hold a handler for ever."""
+
+    @web.middleware
+    async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+        timer = asyncio.timeout(timeout_s)
+        try:
+            async with timer:
+                return await handler(request)
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            log.info("request took longer than %.0fs; closed", timeout_s,
+                     extra={"action": "http_timeout"})
+            response = web.Response(status=408, text="Request Timeout\n")
+            response.force_close()
+            return response
+
+    return deadline
+
+
 def build_app(ctx: ServiceContext, routes: Sequence[HttpRoutes] = ()) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES,
+                          middlewares=[request_deadline(ctx.settings.http_request_timeout_s)])
 
     async def healthz(_request: web.Request) -> web.Response:
         age_s = await ctx.in_thread(_heartbeat_age_s, ctx)
@@ -73,8 +99,16 @@ def _render_metrics(ctx: ServiceContext) -> bytes:
 async def run_http_app(ctx: ServiceContext, routes: Sequence[HttpRoutes] = ()) -> None:
     """Serve until ``ctx.stopping``; a taken port is logged and retried, never fatal."""
     host, port = ctx.settings.http_host, ctx.settings.http_port
-    # access_log=None: the request line carries unsubscribe tokens, which carry addresses.
-    runner = web.AppRunner(build_app(ctx, routes), access_log=None,
+    guard_http_loggers()
+    # Paths carry tokens: the access log names the route pattern, never the path. The
+    # keep-alive timer runs from the connection's start, so it also closes connections that
+    # never finish sending their headers (aiohttp has no separate header timeout).
+    runner = web.AppRunner(build_app(ctx, routes), access_log_class=RouteAccessLogger,
+                           access_log=logging.getLogger("aiohttp.access"),
+                           keepalive_timeout=ctx.settings.http_idle_timeout_s,
+                           # A body left unread (a bad token answered at once) is drained
+                           # this long before closing, not aiohttp's 10 s.
+                           lingering_time=min(LINGER_S, ctx.settings.http_request_timeout_s),
                            shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:

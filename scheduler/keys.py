@@ -52,7 +52,7 @@ def generate_key() -> str:
 
 def _weakness(value: str | None) -> str | None:
     if value is None or not value.strip():
-        return "is not set" if value is None else "is empty"
+        return "is not set"
     if value.strip() in PUBLIC_VALUES:
         return "is a published default"
     if len(value.encode("utf-8")) < MIN_KEY_BYTES:
@@ -114,7 +114,7 @@ def resolve_keys(settings: Settings) -> Keys:
     previous = tuple(k.get_secret_value() for k in settings.previous_secret_keys
                      if k.get_secret_value().strip())
     why = _weakness(current)
-    if current is None or why in ("is not set", "is empty", "is a published default"):
+    if current is None or why in ("is not set", "is a published default"):
         path = Path(settings.var_dir) / KEY_FILE
         return Keys(_generated_key(Path(settings.var_dir)), previous, path)
     if why is not None and current not in _WARNED:

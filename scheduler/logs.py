@@ -177,8 +177,9 @@ class WithholdRequestData(logging.Filter):
             record.exc_info = None
         elif record.exc_text:
             record.exc_text = _REQUEST_LINE.sub(r"\1 <path>", record.exc_text)
-        message = record.getMessage()
-        record.msg, record.args = _REQUEST_LINE.sub(r"\1 <path>", message), None
+        if getattr(record, "action", None) != "http_access":  # ours names the route pattern
+            message = record.getMessage()
+            record.msg, record.args = _REQUEST_LINE.sub(r"\1 <path>", message), None
         return True
 
 
@@ -194,8 +195,10 @@ class RouteAccessLogger(AbstractAccessLogger):
     """aiohttp's access log without paths: ``POST /unsubscribe/{token} 200 3.1ms``."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        info = getattr(request, "match_info", None)
-        resource = info.route.resource if info is not None else None
+        try:
+            resource = request.match_info.route.resource  # type: ignore[attr-defined]
+        except (AttributeError, AssertionError):  # a request that never reached the router
+            resource = None
         route = resource.canonical if resource is not None else "-"
         method = request.method if request.method.isalpha() else "?"
         level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO

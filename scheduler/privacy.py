@@ -114,7 +114,8 @@ def forgotten_matcher(conn: sa.Connection, signer: Signer, *, strict: bool = Tru
 
 
 def exclude_forgotten(conn: sa.Connection, signer: Signer, run_id: int) -> int:
-    """Mark a run's pending rows of forgotten people ``skipped``; return how many."""
+    """Mark a run's pending rows of forgotten people ``skipped`` — and drop the address the
+    audience brought back in, keeping the row as ``forgotten:<id>``; return how many."""
     matcher = forgotten_matcher(conn, signer)
     if not matcher:
         return 0
@@ -123,7 +124,9 @@ def exclude_forgotten(conn: sa.Connection, signer: Signer, run_id: int) -> int:
     ids = [row.id for row in pending if matcher.matches(row.recipient)]
     for start in range(0, len(ids), 500):
         conn.execute(sa.update(deliveries).where(deliveries.c.id.in_(ids[start:start + 500]))
-                     .values(status="skipped", last_error="suppressed", variables=None))
+                     .values(status="skipped", last_error="suppressed", variables=None,
+                             recipient=sa.literal(PSEUDONYM_PREFIX)
+                             + sa.cast(deliveries.c.id, sa.String)))
     return len(ids)
 
 

@@ -62,10 +62,14 @@ def forget(state: State, email: str, yes: bool) -> None:
         click.confirm(f"Forget {norm} everywhere? This cannot be undone", abort=True)
     signer = signer_for(state.settings)
     now = SystemClock().now()
-    with state.db().begin() as conn:
-        done = privacy.forget(conn, signer, norm, now)
-        done.add("previews", _remove_previews(Path(state.settings.var_dir), norm))
-        privacy.record_request(conn, "person_forgotten", now, done.counts)
+    db = state.db()
+    try:
+        with db.begin() as conn:
+            done = privacy.forget(conn, signer, norm, now)
+            done.add("previews", _remove_previews(Path(state.settings.var_dir), norm))
+            privacy.record_request(conn, "person_forgotten", now, done.counts)
+    finally:
+        db.dispose()
     log.info("person forgotten", extra={"action": "forget", **done.counts})
     places = ", ".join(f"{k} {v}" for k, v in sorted(done.counts.items())) or "nothing held"
     console.print(f"forgotten: {places}; the suppression list keeps a keyed hash", markup=False)
@@ -79,11 +83,15 @@ def export_person(state: State, email: str) -> None:
     """Print, as JSON, everything held about EMAIL (a data subject access request)."""
     signer = signer_for(state.settings)
     now = SystemClock().now()
-    with state.db().begin() as conn:
-        data = privacy.export_person(conn, signer, email)
-        summary = {"deliveries": len(data["deliveries"]), "events": len(data["events"]),
-                   "outbox": len(data["outbox"])}
-        privacy.record_request(conn, "person_exported", now, summary)
+    db = state.db()
+    try:
+        with db.begin() as conn:
+            data = privacy.export_person(conn, signer, email)
+            summary = {"deliveries": len(data["deliveries"]), "events": len(data["events"]),
+                       "outbox": len(data["outbox"])}
+            privacy.record_request(conn, "person_exported", now, summary)
+    finally:
+        db.dispose()
     log.info("person exported", extra={"action": "export_person", **summary})
     click.echo(json.dumps({"generated_at": now.isoformat(), **data}, indent=2, default=str))
 

@@ -10,6 +10,7 @@ from scheduler.delivery.base import Transport
 from scheduler.delivery.factory import make_transport
 from scheduler.errors import MartechError
 from scheduler.kinds import RunResult
+from scheduler.privacy import ForgottenKeyMissing
 
 # Tests and benchmarks may put a ready transport here; the job then neither creates nor closes it.
 TRANSPORT_OVERRIDE = "newsletter_transport"
@@ -32,6 +33,8 @@ async def send_run(ctx: ServiceContext, campaign: NewsletterCampaign, run_id: in
     try:
         sender = Sender(ctx, prepared, run_id, transport, on_pause=on_pause, progress=progress)
         return await sender.run()
+    except ForgottenKeyMissing as exc:  # fail closed: a forgotten person could be mailed
+        return RunResult("failed", str(exc))
     finally:
         if override is None:
             await transport.close()

@@ -117,8 +117,9 @@ def _header_problems(campaign: NewsletterCampaign, config: LoadedConfig, setting
         return []  # from / reply_to: reported above with their own field
     except MartechError as exc:
         return [config.campaign_problem(campaign.name, ("subject",), str(exc))]
-    return [config.campaign_problem(campaign.name, ("subject",), problem)
-            for problem in header_problems(message.data)]
+    fields = {"from": "from", "reply-to": "reply_to"}
+    return [config.campaign_problem(campaign.name, (fields.get(name.lower(), "subject"),),
+                                    problem) for name, problem in header_problems(message.data)]
 
 
 def _template_problem(exc: TemplateError, templates_dir: Path, config: LoadedConfig,

@@ -87,10 +87,11 @@ def default_ms() -> int:
 
 
 @contextlib.contextmanager
-def render_budget(limit_ms: int | None = None) -> Iterator[Budget]:
-    """Run a render (or one message's renders) under a budget; nested uses share the outer."""
+def render_budget(limit_ms: int | None = None, *, fresh: bool = False) -> Iterator[Budget]:
+    """Run a render (or one message's renders) under a budget; nested uses share the outer
+    one unless ``fresh``."""
     active = _ACTIVE.get()
-    if active is not None:
+    if active is not None and not fresh:
         yield active
         return
     ms = limit_ms or default_ms()

@@ -29,6 +29,7 @@ from markupsafe import Markup
 from scheduler.delivery.budget import (
     BudgetedSandbox,
     RenderBudgetExceeded,
+    TemplateBudgetExceeded,
     budget_error,
     join_output,
     render_budget,
@@ -283,17 +284,41 @@ class CampaignTemplates:
                             (self.subject_env, self.subject_source)):
             names |= meta.find_undeclared_variables(env.parse(source))
         recipient = frozenset(n for n in names if n not in shared)
-        html = split_template(self.html_env, self.html_final, recipient, shared, html=True,
-                              finalize=self._finalize)
-        text = split_template(self.text_env, text_final, recipient, shared, html=False,
-                              finalize=self._finalize)
-        subject = (None if self.subject_const is not None else split_template(
-            self.subject_env, self.subject_source, recipient, shared, html=False, finalize=None))
+        try:
+            html = split_template(self.html_env, self.html_final, recipient, shared, html=True,
+                                  finalize=self._finalize)
+        except TemplateBudgetExceeded as exc:
+            raise self._located(exc, shared, recipient) from None
+        try:
+            text = split_template(self.text_env, text_final, recipient, shared, html=False,
+                                  finalize=self._finalize)
+        except TemplateBudgetExceeded as exc:
+            raise TemplateBudgetExceeded(self.text_name, exc.message, exc.line) from None
+        try:
+            subject = (None if self.subject_const is not None else split_template(
+                self.subject_env, self.subject_source, recipient, shared, html=False,
+                finalize=None))
+        except TemplateBudgetExceeded as exc:
+            raise TemplateBudgetExceeded("subject", exc.message, exc.line) from None
         if html is None or text is None or (subject is None and self.subject_const is None):
             return False
         self.split = (html, subject, text)
         self.shared_names = frozenset(n for n in names if n in shared)
         return True
+
+    def _located(self, exc: TemplateBudgetExceeded, shared: Mapping[str, Any],
+                 recipient: frozenset[str]) -> TemplateBudgetExceeded:
+        """The error on the marketer's own line: the prepared source (CSS inlined) may differ,
+        so the original is rendered once more, under a budget of its own, to find the line."""
+        variables = {**shared, **{name: "" for name in recipient}}
+        try:
+            with render_budget(self.budget_ms, fresh=True):
+                self._render(self.html_original, variables, self.html_name)
+        except TemplateBudgetExceeded as located:
+            return located
+        except TemplateError:
+            pass
+        return TemplateBudgetExceeded(self.html_name, exc.message, None)
 
     def render_split(self, variables: Mapping[str, Any]) -> Rendered | None:
         """The fast path; None when this recipient needs Jinja (a value is missing)."""
