@@ -21,14 +21,14 @@ be slow must still run off the event loop (a thread), so the service keeps answe
 
 from __future__ import annotations
 
-import contextlib
 import re
 import string
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from functools import wraps
+from itertools import islice
 from types import TracebackType
 from typing import Any
 
@@ -46,6 +46,8 @@ MAX_RENDER_CHARS = 20_000_000  # characters built (operations + output) in one r
 MAX_POWER_BITS = 100_000  # ``a ** b`` beyond this many bits is refused before computing it
 MAX_FORMAT_WIDTH = 10_000
 _SIZE_FILTER_ARGS = {"center", "indent", "batch", "slice", "wordwrap", "truncate"}
+_AMPLIFYING_FILTERS = _SIZE_FILTER_ARGS | {"format", "replace", "join", "list", "sum", "string",
+                                         "tojson", "pprint", "urlize", "xmlattr"}
 _SIZE_STR_METHODS = {"ljust", "rjust", "center", "zfill", "expandtabs"}
 _PRINTF_NUMBER = re.compile(r"%[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
 _DEFAULT_MS = [1000]
@@ -86,21 +88,35 @@ def default_ms() -> int:
     return _DEFAULT_MS[0]
 
 
-@contextlib.contextmanager
-def render_budget(limit_ms: int | None = None, *, fresh: bool = False) -> Iterator[Budget]:
+class _Scope:
+    """The context manager :func:`render_budget` returns (a class: it is on the per-message
+    path, and a generator-based one costs several times more)."""
+
+    __slots__ = ("budget", "fresh", "limit_ms", "token")
+
+    def __init__(self, limit_ms: int | None, fresh: bool) -> None:
+        self.limit_ms, self.fresh = limit_ms, fresh
+        self.token: Token[Budget | None] | None = None
+
+    def __enter__(self) -> Budget:
+        active = _ACTIVE.get()
+        if active is not None and not self.fresh:
+            return active
+        ms = self.limit_ms or _DEFAULT_MS[0]
+        budget = Budget(ms, time.perf_counter() + ms / 1000.0)
+        self.token = _ACTIVE.set(budget)
+        return budget
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            _ACTIVE.reset(self.token)
+            self.token = None
+
+
+def render_budget(limit_ms: int | None = None, *, fresh: bool = False) -> _Scope:
     """Run a render (or one message's renders) under a budget; nested uses share the outer
     one unless ``fresh``."""
-    active = _ACTIVE.get()
-    if active is not None and not fresh:
-        yield active
-        return
-    ms = limit_ms or default_ms()
-    budget = Budget(ms, time.perf_counter() + ms / 1000.0)
-    token = _ACTIVE.set(budget)
-    try:
-        yield budget
-    finally:
-        _ACTIVE.reset(token)
+    return _Scope(limit_ms, fresh)
 
 
 def tick() -> None:
@@ -109,7 +125,7 @@ def tick() -> None:
         raise RenderBudgetExceeded(budget.describe())
 
 
-def charge(size: int) -> None:
+def charge(size: int, *, timed: bool = True) -> None:
     budget = _ACTIVE.get()
     if budget is None:
         return
@@ -117,7 +133,7 @@ def charge(size: int) -> None:
     if budget.chars > MAX_RENDER_CHARS:
         raise RenderBudgetExceeded(f"the template built more than {MAX_RENDER_CHARS:,} "
                                    "characters in one render: simplify it")
-    if time.perf_counter() > budget.deadline:
+    if timed and time.perf_counter() > budget.deadline:
         raise RenderBudgetExceeded(budget.describe())
 
 
@@ -209,19 +225,17 @@ class BudgetedTemplate(jinja2.Template):
 
 
 def join_output(chunks: Iterable[str]) -> str:
-    """``"".join(chunks)``, charging the output against the render's budget as it grows."""
+    """``"".join(chunks)``, charging the output against the render's budget as it grows (in
+    slices, so the counting runs in C: this is on every full render's path)."""
     budget = _ACTIVE.get()
     if budget is None:
         return "".join(chunks)
+    it = iter(chunks)
     out: list[str] = []
-    size = 0
-    for chunk in chunks:
-        size += len(chunk)
-        if size > MAX_ITEMS * 10:
-            charge(size)
-            size = 0
-        out.append(chunk)
-    charge(size)
+    while part := list(islice(it, 64)):
+        out += part
+        # Size only: the deadline is checked inside the template, where the line is known.
+        charge(sum(map(len, part)), timed=False)
     return "".join(out)
 
 
@@ -267,13 +281,25 @@ def _check_filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
                     raise _too_big("the filter indent", len(arg) * lines)
     elif name == "format" and args:
         _check_printf(args[0])
+    elif name == "join" and len(args) >= 2 and isinstance(args[1], str):
+        items = len(args[0]) if isinstance(args[0], list | tuple | str | range) else 0
+        if items * len(args[1]) > MAX_ITEMS:
+            raise _too_big("the filter join", items * len(args[1]))
     elif name == "replace" and len(args) >= 3:
         _check_replace(*args[:4])
 
 
 def _budgeted_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
-    @wraps(func)  # keeps jinja_pass_arg (pass_context & co.)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    if name not in _AMPLIFYING_FILTERS:  # output about the size of the input: time only
+        @wraps(func)  # keeps jinja_pass_arg (pass_context & co.)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            tick()
+            return func(*args, **kwargs)
+
+        return timed
+
+    @wraps(func)
+    def checked(*args: Any, **kwargs: Any) -> Any:
         tick()
         plain = args[1:] if getattr(func, "jinja_pass_arg", None) is not None else args
         _check_filter_args(name, plain, kwargs)
@@ -281,7 +307,7 @@ def _budgeted_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         charge(_sized(result))
         return result
 
-    return wrapper
+    return checked
 
 
 def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
