@@ -4,6 +4,7 @@ and line, and the service keeps answering /healthz and sending other campaigns m
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -28,6 +29,7 @@ from scheduler.delivery.budget import TemplateBudgetExceeded
 from scheduler.delivery.render import make_environment
 from scheduler.http_app import run_http_app
 from scheduler.store import heartbeats, pauses
+from tests.conftest import REPO
 from tests.newsletter_fixtures import SECRET, claim_run, settings_for, write_config
 from tests.smtp_server import SmtpServer
 
@@ -195,3 +197,22 @@ def test_reminder_and_report_renders_are_budgeted(small_budget: None, tmp_path: 
     with pytest.raises(TemplateBudgetExceeded) as err:
         render_html(ReportData("r", now, now, now, [], []), tmp_path)
     assert (err.value.template, err.value.line) == ("report.html", 2)
+
+
+def test_validate_renders_reminder_and_report_templates_under_the_budget(tmp_path: Path
+                                                                         ) -> None:
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    shutil.copytree(REPO / "templates" / "email", tmp_path / "templates")
+    loops = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    for name in ("post-reminder.txt", "report.html"):
+        path = tmp_path / "templates" / name
+        path.write_text(path.read_text() + loops + "\n")
+    lines = {name: (tmp_path / "templates" / name).read_text().count("\n")
+             for name in ("post-reminder.txt", "report.html")}
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, ["validate"], env=_cli_env(tmp_path))
+    assert time.perf_counter() - started < 20
+    assert result.exit_code == 1, result.output
+    for name, line in lines.items():
+        assert f"{name}:{line}: template: the template exceeded its render budget" in \
+            result.output

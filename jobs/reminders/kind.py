@@ -28,6 +28,7 @@ from jobs.reminders.render import (
     network_label,
     render_copy,
     render_email,
+    sample_view,
     slack_text,
     template_env,
     timestamp_text,
@@ -109,6 +110,12 @@ class PostReminderKind:
             except Exception as exc:  # missing file or syntax error, both fatal for reminders
                 problems.append(Problem(str(settings.templates_dir / f"{TEMPLATE}.{suffix}"),
                                         getattr(exc, "lineno", None), "template", str(exc)))
+        if not problems:  # rendered once, under the work budget every reminder has
+            try:
+                render_email(sample_view(campaign.name), settings.templates_dir)
+            except TemplateError as exc:
+                problems.append(Problem(str(settings.templates_dir / exc.template), exc.line,
+                                        "template", exc.message))
         return problems
 
     async def execute(self, ctx: ServiceContext, campaign: Any, run: RunRow) -> RunResult:
