@@ -17,6 +17,7 @@ from pathlib import Path
 
 from scheduler.delivery.tokens import MIN_KEY_BYTES, Signer
 from scheduler.errors import MartechError
+from scheduler.logs import redact_also
 from scheduler.settings import Settings
 
 log = logging.getLogger("martech.keys")
@@ -100,6 +101,7 @@ def _generated_key(var_dir: Path) -> str:
                 "MARTECH_PUBLIC_BASE_URL; set MARTECH_SECRET_KEY before publishing links, "
                 "and on every node)", "generated in" if created else "kept in", path,
                 extra={"action": "key_generated" if created else "key_loaded"})
+    redact_also([key])
     _GENERATED[path] = key
     return key
 

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from scheduler.delivery.tokens import Signer
+from scheduler.delivery.tokens import KEY_ID_BYTES, Signer
 from scheduler.errors import MartechError
 from scheduler.store import suppressions as suppression_store
 from scheduler.store.tables import deliveries, metadata, outbox, runs, suppressions
@@ -40,6 +40,7 @@ PSEUDONYM_PREFIX = "forgotten:"
 HASH_PREFIX = "~"
 SCRUBBED = "[forgotten]"
 PERSON = "person"  # the digest purpose of suppression hashes
+_KEY_ID = re.compile(rf"^[0-9a-f]{{{2 * KEY_ID_BYTES}}}$")
 
 
 class NotAnAddress(MartechError):
@@ -86,7 +87,9 @@ class ForgottenMatcher:
         self.signer = signer
         self.by_kid: dict[str, set[str]] = {}
         for entry in hashed:
-            _empty, kid, digest = entry.split(HASH_PREFIX, 2)
+            kid, _sep, digest = entry[len(HASH_PREFIX):].partition(HASH_PREFIX)
+            if not _KEY_ID.match(kid):  # not ours: no key can match it, so fail closed
+                kid = f"(malformed {entry[:20]!r})"
             self.by_kid.setdefault(kid, set()).add(digest)
         held = set(signer.key_ids)
         missing = sorted(kid for kid in self.by_kid if kid not in held)

@@ -216,11 +216,7 @@ class Sender:
             unreachable = [row for row, out in results if out.unreachable]
             attempted = [(row, out) for row, out in results if not out.unreachable]
             await self._record(attempted, [r.id for r in unreachable])
-            if self.over_budget is not None:
-                await self.ctx.in_thread(self._pause, pauses.ERROR_BUDGET, self.over_budget)
-                log.error("template over its render budget; campaign paused: %s",
-                          self.over_budget, extra={**self.extra, "action": "render_budget"})
-                self.over_budget = None
+            if await self._paused_over_budget():
                 continue
             if unreachable and not attempted:
                 error = results[0][1].error or "relay unreachable"
@@ -237,6 +233,16 @@ class Sender:
                 self.window.clear()
             self._report()
         return RunResult("done", None, self._final_stats())
+
+    async def _paused_over_budget(self) -> bool:
+        """Pause the campaign if renders kept exceeding their budget (see _compose_all)."""
+        if self.over_budget is None:
+            return False
+        await self.ctx.in_thread(self._pause, pauses.ERROR_BUDGET, self.over_budget)
+        log.error("template over its render budget; campaign paused: %s", self.over_budget,
+                  extra={**self.extra, "action": "render_budget"})
+        self.over_budget = None
+        return True
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -172,9 +172,6 @@ class UtmTagger:
         return _TEXT_URL.sub(lambda m: self.url(m.group(0)), text)
 
 
-_error_line = template_line
-
-
 def make_environment(templates_dir: Path | Sequence[Path] | None, *,
                      html: bool | Callable[[str | None], bool],
                      finalize: Callable[[Any], Any] | None = None,
@@ -364,15 +361,15 @@ class CampaignTemplates:
             raise budget_error(exc, name, "<template>") from None
         except SecurityError as exc:
             raise TemplateError(name, f"refused by the sandbox: {exc}",
-                                _error_line(exc, name)) from exc
+                                template_line(exc, name)) from exc
         except jinja2.UndefinedError as exc:
             raise TemplateError(name, f"undefined variable: {exc.message}",
-                                _error_line(exc, "<template>")) from exc
+                                template_line(exc, "<template>")) from exc
         except jinja2.TemplateError as exc:
-            raise TemplateError(name, str(exc), _error_line(exc, "<template>")) from exc
+            raise TemplateError(name, str(exc), template_line(exc, "<template>")) from exc
         except Exception as exc:  # a filter raising on bad data, e.g. int('x')
             raise TemplateError(name, f"{type(exc).__name__}: {exc}",
-                                _error_line(exc, "<template>")) from exc
+                                template_line(exc, "<template>")) from exc
 
     def render_subject(self, variables: Mapping[str, Any]) -> str:
         if self.subject_const is not None:
