@@ -32,7 +32,7 @@ def _check_timezone(value: str) -> str:
 
 
 # Any reference will do: a cron that fires at all fires within the bounded search of
-# `next_slot` (eight years: even 29 February recurs within that).
+# `next_slot` (cronsim's 50 years; 30 February is refused at once).
 _CRON_REFERENCE = datetime(2000, 1, 1, tzinfo=UTC)
 
 
