@@ -28,7 +28,7 @@ test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check scheduler jobs tests bench scripts
+	$(BIN)/ruff check scheduler jobs tests bench
 	$(BIN)/mypy
 
 bench: $(DEV_STAMP)
