@@ -1,7 +1,7 @@
 """Pure schedule maths for the engine: which run rows a wake-up inserts, and next fire times.
 
 Functions of an aware ``now`` and the schedule cursor kept in the database, so catch-up after a
-restart never depends on APScheduler's memory (docs/ARCHITECTURE.md, "Invariants" 2).
+restart never depends on APScheduler's memory (docs/ARCHITECTURE.md, invariant 2).
 """
 
 from __future__ import annotations

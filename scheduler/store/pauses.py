@@ -1,4 +1,4 @@
-"""Pause reasons (DESIGN invariant 4): a campaign sends only while it has none."""
+"""Pause reasons (ARCHITECTURE.md, invariant 4): a campaign sends only while it has none."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def claim(conn: sa.Connection, claims: Sequence[Claim], node: str, now: datetime
     """Insert run rows; return ``{(schedule_key, scheduled_at): run_id}`` for those we won.
 
     A conflict on either unique constraint (occurrence or local slot) is a silent no-op:
-    another node, or an earlier catch-up, owns that occurrence (DESIGN invariant 2).
+    another node, or an earlier catch-up, owns that occurrence (ARCHITECTURE.md, invariant 2).
     """
     if not claims:
         return {}
