@@ -53,7 +53,8 @@ def check_rows(conn: sa.Connection, config: LoadedConfig) -> list[dict[str, Any]
     for name, check in config.checks.checks.items():
         state = states.get(name)
         last = conn.execute(
-            sa.select(check_results.c.outcome, check_results.c.detail, check_results.c.at)
+            sa.select(check_results.c.outcome, check_results.c.detail, check_results.c.at,
+                      check_results.c.findings)
             .where(check_results.c.check_name == name)
             .order_by(check_results.c.at.desc()).limit(1)
         ).first()
@@ -64,6 +65,7 @@ def check_rows(conn: sa.Connection, config: LoadedConfig) -> list[dict[str, Any]
             "since": state.since.isoformat() if state else None,
             "last_result": (f"{last.outcome}: {last.detail or ''}".strip() if last else None),
             "last_at": last.at.isoformat() if last else None,
+            "findings": last.findings if last else None,  # page checks: each measurement
             "paused_campaigns": sorted(guarded.get(name, [])),
         })
     return out

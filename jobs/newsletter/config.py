@@ -84,3 +84,7 @@ class NewsletterCampaign(CampaignBase):
     track: TrackConfig = Field(default_factory=TrackConfig)
     send: SendConfig = Field(default_factory=SendConfig)
     error_budget: ErrorBudgetConfig = Field(default_factory=ErrorBudgetConfig)
+    check_links: bool = Field(
+        default=True, description="check every distinct link before the first message")
+    on_broken_links: Literal["pause", "warn"] = Field(
+        default="pause", description="pause the campaign (reason broken_links) or only warn")
