@@ -46,7 +46,7 @@ async def test_a_heavy_landing_page_holds_the_campaign_until_it_is_fixed(
     site = await SiteServer().start()
     good_site(site)
     site.add("/hero.jpg", Resource(b"\xff" * 1_500_000, "image/jpeg", headers=CACHED))
-    config_dir = write_config(tmp_path, rows=RECIPIENTS, extra={"check_links": False})
+    config_dir = write_config(tmp_path, rows=RECIPIENTS)
     (config_dir / "checks.yaml").write_text(checks_yaml(site.url))
     clock = FakeClock(t0)
     with SmtpServer() as smtp:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from jobs.newsletter import cli, http_tracking, http_unsubscribe, ledger
+from jobs.newsletter import cli, http_tracking, http_unsubscribe, ledger, links
 from jobs.newsletter.config import NewsletterCampaign
 from jobs.newsletter.probe import relay_probe
 from jobs.newsletter.runner import TRANSPORT_OVERRIDE, send_run
@@ -55,6 +55,12 @@ class NewsletterJob:
     def validate(self, campaign: Any, config: LoadedConfig, settings: Settings) -> list[Problem]:
         assert isinstance(campaign, NewsletterCampaign)
         return validate_newsletter(campaign, config, settings)
+
+    def campaign_links(self, campaign: Any, config: LoadedConfig, settings: Settings
+                       ) -> list[str]:
+        """The links a run would check (``martech validate --links``)."""
+        assert isinstance(campaign, NewsletterCampaign)
+        return links.audience_links(campaign, config, settings).urls
 
 
 def register(registry: Registry) -> None:

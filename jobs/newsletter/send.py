@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobs.newsletter import claims, ledger
+from jobs.newsletter import claims, ledger, links
 from jobs.newsletter.audiences import AudienceStats, iter_audience
 from jobs.newsletter.prepare import Prepared, compose
 from scheduler.context import ServiceContext
@@ -169,6 +169,7 @@ class Sender:
     async def _run(self) -> RunResult:
         self.stats = await self.ctx.in_thread(self.materialise)
         await self.ctx.in_thread(self._start)
+        links_ready = links.settled(self.prepared, self.stats)
         self._report()
         send = self.campaign.send
         batch_size = self.limiter.max_batch(send.batch_size)
@@ -186,6 +187,10 @@ class Sender:
                 await self._sleep(POLL_S)
                 continue
             self.progress.paused = None
+            if not links_ready:  # checked before the first message; a broken one pauses
+                links_ready = await links.before_first_message(
+                    self.ctx, self.prepared, self.run_id, self.stats)
+                continue
             wait_s = self.limiter.wait_s(batch_size, self.ctx.clock.now())
             if wait_s > 0:
                 await self._sleep(min(wait_s, POLL_S))
