@@ -28,7 +28,14 @@ from scheduler.kinds import Registry
 from scheduler.logs import setup_logging
 from scheduler.service import Service, load_and_validate
 from scheduler.settings import Settings, mask_url
-from scheduler.status import campaign_rows, campaigns_table, check_rows, checks_table
+from scheduler.status import (
+    campaign_rows,
+    campaigns_table,
+    check_rows,
+    checks_table,
+    zone_progress,
+    zones_table,
+)
 from scheduler.store import heartbeats, pauses
 from scheduler.store import runs as run_store
 from scheduler.store.db import current_revision, make_engine, upgrade
@@ -216,14 +223,20 @@ def status(state: State, as_json: bool) -> None:
     config = state.config()
     db = state.db()
     next_times = next_fire_times(state.registry.specs(config), SystemClock().now())
-    with db.begin() as conn:
-        rows = campaign_rows(conn, config, next_times)
-        if as_json:
-            click.echo(json.dumps({"campaigns": rows, "checks": check_rows(conn, config)},
-                                  indent=2, default=str))
-            return
-        console.print(campaigns_table(rows))
-        console.print(checks_table(conn, config))
+    try:
+        with db.begin() as conn:
+            rows = campaign_rows(conn, config, next_times)
+            sending = zone_progress(conn)
+            if as_json:
+                click.echo(json.dumps({"campaigns": rows, "checks": check_rows(conn, config),
+                                       "sending_by_zone": sending}, indent=2, default=str))
+                return
+            console.print(campaigns_table(rows))
+            if sending:
+                console.print(zones_table(sending))
+            console.print(checks_table(conn, config))
+    finally:
+        db.dispose()
 
 
 def _known(config: LoadedConfig, name: str) -> None:

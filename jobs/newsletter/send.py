@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobs.newsletter import claims, ledger, links
+from jobs.newsletter import claims, ledger, links, zones
 from jobs.newsletter.audiences import AudienceStats, iter_audience
 from jobs.newsletter.prepare import Prepared, compose
 from scheduler.context import ServiceContext
@@ -27,6 +27,7 @@ from scheduler.delivery.ratelimit import RateLimiter
 from scheduler.errors import MartechError
 from scheduler.kinds import RunResult
 from scheduler.store import pauses
+from scheduler.store import runs as run_store
 from scheduler.store.tables import runs
 
 log = logging.getLogger("martech.newsletter")
@@ -87,10 +88,12 @@ class Sender:
     def materialise(self) -> dict[str, Any]:
         """Stream the audience into the ledger (idempotent: re-running after a crash is safe)."""
         with self.ctx.begin() as conn:
-            stats = conn.execute(sa.select(runs.c.stats).where(runs.c.id == self.run_id)
-                                 ).scalar() or {}
+            run = run_store.get(conn, self.run_id)
+        stats = (run.stats if run else None) or {}
         if stats.get("materialised"):
             return dict(stats)
+        plan = zones.plan_for(self.campaign, run) if run else None
+        due_at = plan.due_at if plan else None
         audience = AudienceStats()
         streamed = 0
         chunk: list[tuple[str, dict[str, Any]]] = []
@@ -101,20 +104,25 @@ class Sender:
             streamed += 1
             if len(chunk) >= MATERIALISE_CHUNK:
                 with self.ctx.begin() as conn:
-                    ledger.materialise(conn, self.run_id, chunk)
+                    ledger.materialise(conn, self.run_id, chunk, due_at)
                 chunk = []
         builder = self.prepared.builder
         probe = builder.message_id("ID")
         prefix, suffix = probe.split("ID", 1)
         with self.ctx.begin() as conn:
-            ledger.materialise(conn, self.run_id, chunk)
+            ledger.materialise(conn, self.run_id, chunk, due_at)
             suppressed = ledger.exclude_suppressed(conn, self.run_id)
+            late = 0
+            if plan is not None and run is not None:
+                late = ledger.skip_overdue(conn, self.run_id, zones.overdue_before(
+                    self.campaign, run, self.ctx.clock.now(), first=True))
             ledger.assign_message_ids(conn, self.run_id, prefix, suffix)
             total = sum(ledger.counts(conn, self.run_id).values())
             stats = {"materialised": True, "audience_rows": audience.rows,
                      "invalid": audience.invalid, "filtered": audience.filtered,
                      "duplicates": max(0, streamed - total), "suppressed": suppressed,
-                     "total": total, "invalid_examples": audience.examples}
+                     "total": total, "invalid_examples": audience.examples,
+                     **({**plan.stats(), "late": late} if plan is not None else {})}
             conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(stats=stats))
         log.info("audience materialised", extra={**self.extra, "action": "materialise",
                                                  **{k: v for k, v in stats.items()
@@ -125,6 +133,10 @@ class Sender:
         now = self.ctx.clock.now()
         with self.ctx.begin() as conn:
             self.limiter.load(conn, now)
+            run = run_store.get(conn, self.run_id)
+            if run is not None and zones.plan_for(self.campaign, run) is not None:
+                ledger.skip_overdue(conn, self.run_id, zones.overdue_before(
+                    self.campaign, run, now, first=False))
         self._recover()
 
     def _recover(self) -> int:
@@ -206,7 +218,10 @@ class Sender:
                     await self._sleep(POLL_S)
                     continue
                 delay = (next_at - self.ctx.clock.now()).total_seconds()
-                await self._sleep(min(max(delay, 0.01), POLL_S))
+                if delay > POLL_S:  # the next zone's 09:00: sleep on the clock, not poll
+                    await self.ctx.clock.sleep_until(next_at, self.ctx.stopping)
+                else:
+                    await self._sleep(max(delay, 0.01))
                 continue
             self.limiter.take(len(batch), self.ctx.clock.now())
             results = await self._send_batch(batch)
