@@ -108,10 +108,11 @@ def checks_cmd(state: State, as_json: bool) -> None:
 @click.pass_obj
 @friendly_errors
 def metrics_cmd(state: State) -> None:
-    """Print guard metrics (check state, latency, campaign paused) in Prometheus format."""
+    """Print every metric /metrics serves (HTTP request counts aside) in Prometheus format."""
     config = state.config()
     with state.db().begin() as conn:
-        text = render_from_db(conn, list(config.checks.checks), list(config.campaigns))
+        text = render_from_db(conn, list(config.checks.checks), list(config.campaigns),
+                              now=SystemClock().now())
     click.echo(text.decode(), nl=False)
 
 
