@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from jobs.reminders import ical
 from jobs.reminders.calendar import Post, campaign_posts
 from jobs.reminders.cli import register_cli
 from jobs.reminders.config import PostReminderCampaign
@@ -248,3 +249,4 @@ class PostReminderKind:
 def register(registry: Registry) -> None:
     registry.add_kind(PostReminderKind())
     registry.cli.append(register_cli)
+    registry.http_routes.append(ical.add_routes)
