@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from scheduler.config.base import ScheduleConfig, StrictModel, TimezoneName
+from scheduler.config.base import ScheduleConfig, StrictModel, TimezoneName, check_timezone
 from scheduler.config.campaigns import CampaignBase, UtmConfig
 from scheduler.durations import Duration
 from scheduler.schedules import Schedule, local_datetime
@@ -16,6 +16,18 @@ from scheduler.schedules import Schedule, local_datetime
 # recipient's zone (jobs/newsletter/zones.py); the run itself fires in the earliest zone.
 RECIPIENT = "recipient"
 EARLIEST_ZONE = "Etc/GMT-14"
+
+
+def _zone_or_recipient(value: str) -> str:
+    if value == RECIPIENT:
+        return value
+    try:
+        return check_timezone(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or recipient (each recipient's own zone)") from None
+
+
+ZoneOrRecipient = Annotated[str, AfterValidator(_zone_or_recipient)]
 
 
 class AudienceConfig(StrictModel):
@@ -78,7 +90,7 @@ class ErrorBudgetConfig(StrictModel):
 class NewsletterSchedule(ScheduleConfig):
     """A newsletter's schedule: a zone, or ``timezone: recipient`` (each reader's own time)."""
 
-    timezone: TimezoneName | Literal["recipient"] = "UTC"  # type: ignore[assignment]
+    timezone: ZoneOrRecipient = "UTC"
     default_timezone: TimezoneName | None = Field(
         default=None, description="with timezone: recipient, for rows without a valid zone")
     timezone_column: str = Field(
