@@ -14,6 +14,7 @@ from scheduler.store.tables import pauses, tracking_events
 MANUAL = "manual"
 ERROR_BUDGET = "error_budget"
 SMTP_UNREACHABLE = "smtp_unreachable"
+BROKEN_LINKS = "broken_links"  # a newsletter's pre-send link check found broken links
 
 
 def guard_reason(check: str) -> str:
