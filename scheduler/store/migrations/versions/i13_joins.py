@@ -12,7 +12,7 @@ from alembic import op
 import scheduler.store.types
 
 revision = "i13_joins"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
