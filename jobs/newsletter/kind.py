@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from jobs.newsletter import cli, http_tracking, http_unsubscribe, ledger
+from jobs.newsletter import cli, http_tracking, http_unsubscribe, inbound, ledger
 from jobs.newsletter.config import NewsletterCampaign
 from jobs.newsletter.probe import relay_probe
 from jobs.newsletter.runner import TRANSPORT_OVERRIDE, send_run
@@ -61,4 +61,6 @@ def register(registry: Registry) -> None:
     registry.add_kind(NewsletterJob())
     registry.cli.append(cli.register)
     registry.components["newsletter-relay-probe"] = relay_probe
+    registry.components["newsletter-inbound-smtp"] = inbound.inbound_smtp
+    registry.components["newsletter-imap-poller"] = inbound.imap_mailbox
     registry.http_routes += [http_unsubscribe.add_routes, http_tracking.add_routes]
