@@ -95,16 +95,17 @@ def preview(state: State, campaign: str, recipient: str | None) -> None:
 @click.pass_obj
 @friendly_errors
 def resume_send(state: State, campaign: str) -> None:
-    """Clear the sender's own pauses of CAMPAIGN (error_budget, smtp_unreachable)."""
+    """Clear the sender's own pauses of CAMPAIGN (error_budget, smtp_unreachable,
+    smtp_auth_failed: the next send logs in again with the current credentials)."""
     _campaign(state, campaign)
     cleared = []
     with state.db().begin() as conn:
-        for reason in (pauses.ERROR_BUDGET, pauses.SMTP_UNREACHABLE):
+        for reason in (pauses.ERROR_BUDGET, pauses.SMTP_UNREACHABLE, pauses.SMTP_AUTH_FAILED):
             if pauses.remove(conn, campaign, reason, SystemClock().now()):
                 cleared.append(reason)
         others = [p.reason for p in pauses.reasons(conn, campaign)]
     msg = f"{campaign}: cleared {', '.join(cleared)}" if cleared else \
-        f"{campaign}: no error_budget or smtp_unreachable pause"
+        f"{campaign}: no error_budget, smtp_unreachable or smtp_auth_failed pause"
     if others:
         msg += f"; still paused by {', '.join(others)}"
     console.print(msg, markup=False)

@@ -13,6 +13,7 @@ from scheduler.store.tables import pauses, tracking_events
 MANUAL = "manual"
 ERROR_BUDGET = "error_budget"
 SMTP_UNREACHABLE = "smtp_unreachable"
+SMTP_AUTH_FAILED = "smtp_auth_failed"  # a 535: not retried until the credentials change
 
 
 def guard_reason(check: str) -> str:

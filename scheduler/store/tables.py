@@ -73,7 +73,7 @@ deliveries = sa.Table(
 )
 
 # A campaign sends only while it has no row here. reason: manual | guard:<check> |
-# maintenance:<window> | error_budget | smtp_unreachable
+# maintenance:<window> | error_budget | smtp_unreachable | smtp_auth_failed
 pauses = sa.Table(
     "pauses",
     metadata,
