@@ -155,6 +155,9 @@ def validate(state: State, directory: Path | None) -> None:
     if directory is not None:
         state._overrides["config_dir"] = directory
     config = state.config()
+    for warn in state.registry.warnings:
+        for text in warn(config, state.settings):
+            click.echo(f"warning: {text}", err=True)
     checks = len(config.checks.checks)
     # click.echo, not rich: the summary must stay one line however narrow the terminal.
     click.echo(f"ok: {len(config.campaigns)} campaign(s), {checks} check(s) in "

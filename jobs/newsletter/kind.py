@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from jobs.newsletter import cli, http_tracking, http_unsubscribe, inbound, ledger
+from jobs.newsletter import cli, dkim_cli, http_tracking, http_unsubscribe, inbound, ledger
 from jobs.newsletter.config import NewsletterCampaign
 from jobs.newsletter.probe import relay_probe
 from jobs.newsletter.runner import TRANSPORT_OVERRIDE, send_run
-from jobs.newsletter.validate import validate_newsletter
+from jobs.newsletter.validate import newsletter_warnings, validate_newsletter
 from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
 from scheduler.errors import Problem
@@ -59,7 +59,8 @@ class NewsletterJob:
 
 def register(registry: Registry) -> None:
     registry.add_kind(NewsletterJob())
-    registry.cli.append(cli.register)
+    registry.cli += [cli.register, dkim_cli.register]
+    registry.warnings.append(newsletter_warnings)
     registry.components["newsletter-relay-probe"] = relay_probe
     registry.components["newsletter-inbound-smtp"] = inbound.inbound_smtp
     registry.components["newsletter-imap-poller"] = inbound.imap_mailbox

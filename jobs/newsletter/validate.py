@@ -86,3 +86,14 @@ def _template_problem(exc: TemplateError, templates_dir: Path, config: LoadedCon
     if exc.template == "subject":
         return config.campaign_problem(name, ("subject",), exc.message)
     return Problem(str(templates_dir / exc.template), exc.line, "template", exc.message)
+
+
+def newsletter_warnings(config: LoadedConfig, settings: Settings) -> list[str]:
+    """What runs but costs deliverability: one-click unsubscribe needs an https URL."""
+    base = settings.public_base_url
+    newsletters = [c for c in config.campaigns.values() if isinstance(c, NewsletterCampaign)]
+    if not newsletters or base is None or base.lower().startswith("https://"):
+        return []
+    return [f"MARTECH_PUBLIC_BASE_URL is {base}: without https, messages carry no one-click "
+            "unsubscribe (List-Unsubscribe-Post), which Gmail and Yahoo require of bulk "
+            "senders; fine for local use only"]
