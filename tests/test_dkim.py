@@ -78,6 +78,7 @@ async def test_signature_of_sent_message_verifies_against_published_record(
             body = item.data.replace(b"Unsubscribe", b"Unsubscrib3", 1)
             assert body != item.data and not dkim.verify(body, dnsfunc=lookup)
         assert dns_server.queries >= 4
+        ctx.db.dispose()
     finally:
         dns_server.stop()
 
