@@ -45,7 +45,9 @@ class TokenBucket:
         """Seconds until ``n`` tokens are available (0 if now)."""
         self.refill(now)
         missing = min(n, self.capacity) - self.tokens
-        return 0.0 if missing <= 0 else missing * self.period_s / (self.rate * self.factor)
+        # A rounding crumb (1e-7 of a token) is no reason to wait: the clock may not even
+        # be able to advance by that little.
+        return 0.0 if missing <= 1e-6 else missing * self.period_s / (self.rate * self.factor)
 
     def take(self, n: float, now: datetime) -> None:
         self.refill(now)
