@@ -9,7 +9,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from jobs.newsletter.inbound import InboundMail, inbound_smtp
 from jobs.newsletter.kind import send_run
+from jobs.report.data import gather
 from scheduler.context import ServiceContext
 from scheduler.delivery.tokens import Signer
 from scheduler.delivery.verp import Verp
@@ -245,3 +246,21 @@ async def test_the_service_component_listens_only_when_enabled(sent: Sent) -> No
     finally:
         ctx.stopping.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_report_shows_complaint_rate_against_the_line(sent: Sent, t0: datetime) -> None:
+    dee = sent.received["dee@example.com"]
+    async with _endpoint(sent.ctx) as port:
+        await _deliver(port, samples.arf(to=BOUNCES, sent=dee.data, return_path=dee.mail_from),
+                       BOUNCES)
+        ann = sent.received["ann@example.com"]
+        await _deliver(port, samples.dsn(to=ann.mail_from, recipient="ann@example.com",
+                                         sent=ann.data), ann.mail_from)
+    with sent.ctx.begin() as conn:
+        data = gather(conn, "weekly", {"news": "newsletter"}, [], t0 - timedelta(days=1),
+                      datetime.now(UTC) + timedelta(days=1), datetime.now(UTC))
+    rep = data.campaigns[0].reputation
+    assert rep["sent"] == 4 and rep["complaints"] == 1 and rep["bounced_later"] == 1
+    assert rep["complaint_rate"] == 0.25 and rep["level"] == "over"
+    assert "OVER the 0.3% limit" in rep["summary"]
+    assert data.campaigns[0].events["complained"] == 1
