@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import dkim
 import dns.resolver
@@ -105,11 +106,11 @@ def test_pure_dkimpy_and_openssl_rsa_sign_the_same(tmp_path: Path) -> None:
     ({"dkim_domain": "not a domain"}, "MARTECH_DKIM_DOMAIN"),
     ({"dkim_private_key_file": "missing.pem"}, "MARTECH_DKIM_PRIVATE_KEY_FILE"),
 ])
-def test_misconfiguration_names_the_setting(tmp_path: Path, overrides: dict[str, object],
+def test_misconfiguration_names_the_setting(tmp_path: Path, overrides: dict[str, Any],
                                             setting: str) -> None:
     key = tmp_path / "k.pem"
     generate_key(key)
-    values: dict[str, object] = {"dkim_private_key_file": key, "dkim_selector": "s1",
+    values: dict[str, Any] = {"dkim_private_key_file": key, "dkim_selector": "s1",
                                  "dkim_domain": "acme.example", **overrides}
     if values["dkim_private_key_file"] == "missing.pem":
         values["dkim_private_key_file"] = tmp_path / "missing.pem"

@@ -96,8 +96,8 @@ def _row(ctx: ServiceContext, delivery_id: int) -> Any:
 
 def _events(ctx: ServiceContext, kind: str) -> list[Any]:
     with ctx.begin() as conn:
-        return conn.execute(sa.select(tracking_events).where(tracking_events.c.kind == kind)
-                            ).all()
+        return list(conn.execute(sa.select(tracking_events)
+                                 .where(tracking_events.c.kind == kind)).all())
 
 
 def _reason(ctx: ServiceContext, email: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def test_limiter_climbs_linearly_and_no_burst_from_a_full_bucket(t0: datetime) -
     limiter.buckets = [TokenBucket("c:per_s", 10, 1.0, 10, t0)]  # full after a long pause
     counts = _sent_per_minute(limiter, clock, 12)
     assert counts[0] <= 0.2 * 600  # ~10% → ~19%: nowhere near the full 600/min
-    assert all(a <= b + 2 for a, b in zip(counts, counts[1:], strict=False))  # climbing
+    assert all(a <= b + 2 for a, b in itertools.pairwise(counts))  # climbing
     assert counts[-1] >= 590  # full rate once the ramp is over
     assert abs(counts[4] - 600 * (0.1 + 0.9 * 4.5 / 10)) < 40  # linear in between
 
@@ -89,7 +90,7 @@ async def test_sender_ramps_after_a_long_pause_and_reports_it(
                     _NoTransport())
     sender.stats = sender.materialise()
     sender._start()
-    assert sender.limiter.max_batch(50, clock.now()) == 11  # 20/s × 55%
+    assert sender.limiter.max_batch(50, clock.now()) == 11  # 20/s at 55%
     assert sender.stats["ramp"]["until"] == (t0 + timedelta(hours=9)).isoformat()
     sender._start()  # a restart does not record the same ramp twice
     with ctx.begin() as conn:
