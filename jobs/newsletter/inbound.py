@@ -9,6 +9,7 @@ is refused and logged; nothing unsigned ever suppresses anyone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import datetime, timedelta
 
@@ -19,8 +20,10 @@ from jobs.newsletter.config import NewsletterCampaign
 from jobs.newsletter.feedback import Applied, Delivery, SoftPolicy
 from jobs.newsletter.http_unsubscribe import address_ref
 from scheduler.context import ServiceContext
+from scheduler.delivery.message import parse_mailbox
 from scheduler.delivery.tokens import Signer, verify_unsubscribe
 from scheduler.delivery.verp import Verp
+from scheduler.errors import MartechError
 from scheduler.inbound import imap_poller, smtp_server
 from scheduler.inbound.parse import Inbound, parse
 
@@ -42,7 +45,8 @@ class InboundMail:
         out = set()
         for campaign in self.ctx.config.campaigns.values():
             if isinstance(campaign, NewsletterCampaign):
-                out.add(campaign.from_.rpartition("@")[2].strip(" >").lower())
+                with contextlib.suppress(MartechError):  # validate reports bad addresses
+                    out.add(parse_mailbox(campaign.from_)[1].rpartition("@")[2].lower())
         return out
 
     def accepts(self, address: str) -> bool:
@@ -57,7 +61,8 @@ class InboundMail:
         inbound = parse(data, rcpt_tos)
         applied = await self.ctx.in_thread(self._apply, inbound)
         for item in applied:
-            log.info("inbound %s: %s", inbound.kind, item.action, extra={
+            level = logging.WARNING if item.action == "forged" else logging.INFO
+            log.log(level, "inbound %s: %s", inbound.kind, item.action, extra={
                 "action": f"inbound_{item.action}", "job": item.campaign,
                 "delivery_id": item.delivery_id, "source": inbound.source,
                 "address": address_ref(item.recipient) if item.recipient else None,
@@ -137,6 +142,10 @@ async def imap_mailbox(ctx: ServiceContext) -> None:
     """Component: poll the bounce mailbox (``MARTECH_IMAP_HOST``; off when unset)."""
     if not ctx.settings.imap_host:
         return
+    try:
+        options = imap_poller.ImapOptions.from_settings(ctx.settings)
+    except MartechError as exc:  # restarting would not fix a setting
+        log.error("IMAP poller not started: %s", exc, extra={"action": "imap_config"})
+        return
     mail = InboundMail(ctx)
-    await imap_poller.poll_forever(imap_poller.ImapOptions.from_settings(ctx.settings),
-                                   mail.handle, ctx.stopping)
+    await imap_poller.poll_forever(options, mail.handle, ctx.stopping)
