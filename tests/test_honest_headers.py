@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from jobs.newsletter.kind import send_run
 from martech.cli import main
+from tests.conftest import REPO
 from tests.newsletter_fixtures import claim_run, context_for, settings_for, write_config
 from tests.smtp_server import SmtpServer
 
@@ -45,4 +46,22 @@ def test_validate_warns_about_http_but_passes(tmp_path: Path) -> None:
     assert "warning: MARTECH_PUBLIC_BASE_URL is http://localhost:8025" in http.output
     assert "List-Unsubscribe-Post" in http.output
     https = CliRunner().invoke(main, ["validate"], env=_env(tmp_path, "https://mt.acme.example"))
-    assert https.exit_code == 0 and "warning" not in https.output
+    assert https.exit_code == 0 and "MARTECH_PUBLIC_BASE_URL is" not in https.output
+
+
+def test_validate_warns_when_a_short_html_part_carries_the_open_pixel(tmp_path: Path) -> None:
+    write_config(tmp_path, rows=["ann@example.com"])  # the fixture's HTML is two lines long
+    short = CliRunner().invoke(main, ["validate"], env=_env(tmp_path, "https://mt.acme.example"))
+    assert short.exit_code == 0
+    assert "campaign news: the HTML part is" in short.output
+    assert "HTML_IMAGE_ONLY" in short.output and "track: {opens: false}" in short.output
+
+
+def test_the_example_newsletter_has_enough_text(tmp_path: Path) -> None:
+    env = {"MARTECH_CONFIG_DIR": str(REPO / "config"),
+           "MARTECH_TEMPLATES_DIR": str(REPO / "templates" / "email"),
+           "MARTECH_DATABASE_URL": f"sqlite:///{tmp_path}/m.db",
+           "MARTECH_PUBLIC_BASE_URL": "https://mt.acme.example"}
+    result = CliRunner().invoke(main, ["validate"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "weekly-digest: the HTML part" not in result.output
