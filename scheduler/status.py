@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from rich.table import Table
 
 from scheduler.config.loader import LoadedConfig
+from scheduler.engine import Engine
 from scheduler.store import pauses
 from scheduler.store import runs as run_store
 from scheduler.store.tables import check_results, check_state
-
-if TYPE_CHECKING:
-    from scheduler.engine import Engine
 
 
 def fmt_time(value: datetime | None) -> str:

@@ -38,7 +38,8 @@ def bars(values: dict[str, int] | dict[str, float], suffix: str = "",
 
 
 def render_html(data: ReportData, templates_dir: Path) -> str:
-    """The HTML report. Templates run sandboxed with autoescape (DESIGN: no code in content).
+    """The HTML report. Templates run sandboxed with autoescape (ARCHITECTURE.md, invariant 9:
+    no code in content).
 
     :raises TemplateError: if the report template is missing or broken.
     """
