@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import threading
 from dataclasses import dataclass, field
 
@@ -229,7 +230,10 @@ class _Session(asyncio.Protocol):
 class ImapServer:
     """The server in a background thread with its own loop; ``users`` maps login → password."""
 
-    def __init__(self, users: dict[str, str]) -> None:
+    def __init__(self, users: dict[str, str], *, ssl_context: ssl.SSLContext | None = None
+                 ) -> None:
+        """``ssl_context``: implicit TLS on connect (IMAPS, as on port 993)."""
+        self.ssl_context = ssl_context
         self.state = ImapState(users=dict(users))
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -240,7 +244,8 @@ class ImapServer:
         self._thread.start()
 
         async def _serve() -> asyncio.AbstractServer:
-            return await self._loop.create_server(lambda: _Session(self.state), "127.0.0.1", 0)
+            return await self._loop.create_server(lambda: _Session(self.state), "127.0.0.1", 0,
+                                                  ssl=self.ssl_context)
 
         self._server = asyncio.run_coroutine_threadsafe(_serve(), self._loop).result(5)
         self.port = self._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 
 import aiosmtplib
 import pytest
+import trustme
 
+from jobs.newsletter.inbound import imap_mailbox, inbound_smtp
+from martech.compose import build_registry
 from scheduler.inbound import smtp_server
-from scheduler.inbound.imap_poller import ImapOptions, poll_forever
+from scheduler.inbound.imap_poller import ImapOptions, poll_forever, poll_once
 from scheduler.inbound.parse import parse
 from scheduler.settings import ImapSecurity
 from tests import bounce_samples as samples
@@ -95,3 +99,30 @@ async def test_a_refused_imap_login_stops_the_poller(tmp_path: Path) -> None:
 
 async def _never(_from: str, _rcpt: list[str], _data: bytes) -> None:
     raise AssertionError("nothing to handle")
+
+
+async def test_imap_over_tls_with_a_trusted_certificate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    authority = trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # the poller trusts only this CA
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    got: list[bytes] = []
+
+    async def keep(_from: str, _rcpt: list[str], data: bytes) -> None:
+        got.append(data)
+
+    with ImapServer({"box": "pw"}, ssl_context=context) as imap:
+        imap.deliver(b"Subject: a bounce\r\n\r\nhello\r\n")
+        options = ImapOptions("127.0.0.1", imap.port, "box", "pw", timeout_s=10)
+        assert options.security == ImapSecurity.tls  # the default
+        assert await poll_once(options, keep) == 1
+    assert got == [b"Subject: a bounce\r\n\r\nhello\r\n"]
+
+
+def test_the_newsletter_kind_registers_both_receivers() -> None:
+    components = build_registry().components
+    assert components["newsletter-inbound-smtp"] is inbound_smtp
+    assert components["newsletter-imap-poller"] is imap_mailbox
