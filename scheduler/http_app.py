@@ -19,7 +19,9 @@ from aiohttp.typedefs import Handler, Middleware
 
 from scheduler.clock import utc
 from scheduler.context import ServiceContext
+from scheduler.http_metrics import HttpMetrics
 from scheduler.kinds import HttpRoutes
+from scheduler.ledger_metrics import FinishedRuns
 from scheduler.logs import RouteAccessLogger, guard_http_loggers
 from scheduler.metrics import render_from_db
 from scheduler.store import heartbeats
@@ -58,8 +60,11 @@ def request_deadline(timeout_s: float) -> Middleware:
 
 
 def build_app(ctx: ServiceContext, routes: Sequence[HttpRoutes] = ()) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES,
-                          middlewares=[request_deadline(ctx.settings.http_request_timeout_s)])
+    http_metrics = HttpMetrics(ctx.clock)
+    finished = FinishedRuns()  # settled runs' counts, kept between scrapes
+    # Outermost first: the metrics count the deadline's 408s too.
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[
+        http_metrics.middleware(), request_deadline(ctx.settings.http_request_timeout_s)])
 
     async def healthz(_request: web.Request) -> web.Response:
         age_s = await ctx.in_thread(_heartbeat_age_s, ctx)
@@ -70,7 +75,7 @@ def build_app(ctx: ServiceContext, routes: Sequence[HttpRoutes] = ()) -> web.App
         return web.Response(text=f"ok: last heartbeat {age_s:.0f}s ago\n")
 
     async def metrics(_request: web.Request) -> web.Response:
-        body = await ctx.in_thread(_render_metrics, ctx)
+        body = await ctx.in_thread(_render_metrics, ctx, finished, http_metrics)
         return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     app.router.add_get("/healthz", healthz)
@@ -90,10 +95,11 @@ def _heartbeat_age_s(ctx: ServiceContext) -> float | None:
     return max(age.total_seconds(), 0.0)
 
 
-def _render_metrics(ctx: ServiceContext) -> bytes:
+def _render_metrics(ctx: ServiceContext, finished: FinishedRuns, http: HttpMetrics) -> bytes:
     config = ctx.config  # read afresh: a reload swaps it
     with ctx.begin() as conn:
-        return render_from_db(conn, list(config.checks.checks), list(config.campaigns))
+        return render_from_db(conn, list(config.checks.checks), list(config.campaigns),
+                              now=ctx.clock.now(), finished=finished, extra=[http])
 
 
 async def run_http_app(ctx: ServiceContext, routes: Sequence[HttpRoutes] = ()) -> None:

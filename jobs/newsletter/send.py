@@ -1,6 +1,7 @@
 """The send loop of one newsletter run: materialise, then claim → send → record, per batch.
 
-DESIGN invariants 3 and 4: every recipient is a ledger row before anything is sent; a batch's
+ARCHITECTURE.md, invariants 3 and 4: every recipient is a ledger row before anything is sent; a
+batch's
 outcomes are committed in one transaction; pause state is re-read between batches. Counts for
 reports live in ``runs.stats`` (updated every batch); bounces and failures are also
 ``tracking_events`` rows naming the recipient.
@@ -14,11 +15,12 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from jobs.newsletter import claims, ledger
+from jobs.newsletter import claims, ledger, links, relay_auth, resume_ramp, zones
 from jobs.newsletter.audiences import AudienceStats, iter_audience
 from jobs.newsletter.prepare import Prepared, compose
 from scheduler.context import ServiceContext
@@ -29,6 +31,7 @@ from scheduler.errors import MartechError
 from scheduler.kinds import RunResult
 from scheduler.privacy import exclude_forgotten
 from scheduler.store import pauses
+from scheduler.store import runs as run_store
 from scheduler.store.tables import runs
 
 log = logging.getLogger("martech.newsletter")
@@ -94,10 +97,12 @@ class Sender:
     def materialise(self) -> dict[str, Any]:
         """Stream the audience into the ledger (idempotent: re-running after a crash is safe)."""
         with self.ctx.begin() as conn:
-            stats = conn.execute(sa.select(runs.c.stats).where(runs.c.id == self.run_id)
-                                 ).scalar() or {}
+            run = run_store.get(conn, self.run_id)
+        stats = (run.stats if run else None) or {}
         if stats.get("materialised"):
             return dict(stats)
+        plan = zones.plan_for(self.campaign, run) if run else None
+        due_at = plan.due_at if plan else None
         audience = AudienceStats()
         streamed = 0
         chunk: list[tuple[str, dict[str, Any]]] = []
@@ -108,21 +113,26 @@ class Sender:
             streamed += 1
             if len(chunk) >= MATERIALISE_CHUNK:
                 with self.ctx.begin() as conn:
-                    ledger.materialise(conn, self.run_id, chunk)
+                    ledger.materialise(conn, self.run_id, chunk, due_at)
                 chunk = []
         builder = self.prepared.builder
         probe = builder.message_id("ID")
         prefix, suffix = probe.split("ID", 1)
         with self.ctx.begin() as conn:
-            ledger.materialise(conn, self.run_id, chunk)
+            ledger.materialise(conn, self.run_id, chunk, due_at)
             suppressed = ledger.exclude_suppressed(conn, self.run_id)
             suppressed += exclude_forgotten(conn, self.prepared.signer, self.run_id)
+            late = 0
+            if plan is not None and run is not None:
+                late = ledger.skip_overdue(conn, self.run_id, zones.overdue_before(
+                    self.campaign, run, self.ctx.clock.now(), first=True))
             ledger.assign_message_ids(conn, self.run_id, prefix, suffix)
             total = sum(ledger.counts(conn, self.run_id).values())
             stats = {"materialised": True, "audience_rows": audience.rows,
                      "invalid": audience.invalid, "filtered": audience.filtered,
                      "duplicates": max(0, streamed - total), "suppressed": suppressed,
-                     "total": total, "invalid_examples": audience.examples}
+                     "total": total, "invalid_examples": audience.examples,
+                     **({**plan.stats(), "late": late} if plan is not None else {})}
             conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(stats=stats))
         log.info("audience materialised", extra={**self.extra, "action": "materialise",
                                                  **{k: v for k, v in stats.items()
@@ -132,8 +142,34 @@ class Sender:
     def _start(self) -> None:
         now = self.ctx.clock.now()
         with self.ctx.begin() as conn:
+            self._load_ramp(conn, now)
             self.limiter.load(conn, now)
+            run = run_store.get(conn, self.run_id)
+            if run is not None and zones.plan_for(self.campaign, run) is not None:
+                ledger.skip_overdue(conn, self.run_id, zones.overdue_before(
+                    self.campaign, run, now, first=False))
         self._recover()
+
+    def _load_ramp(self, conn: sa.Connection, now: datetime) -> None:
+        """After a long pause the rate climbs back gently (``send.ramp``)."""
+        found = resume_ramp.ramp_for(conn, self.campaign, now)
+        ramp = self.campaign.send.ramp
+        self.limiter.set_ramp(found[0] if found else None,
+                              unlimited_rate_per_s=ramp.unlimited_rate_per_s)
+        if found is None:
+            return
+        self.stats["ramp"] = {"since": found[0].since.isoformat(),
+                              "until": found[0].until.isoformat(), "start": ramp.start}
+        if resume_ramp.record(conn, self.campaign.name, self.run_id, *found, now):
+            log.info("resuming gently after a long pause: %s", found[0].describe(),
+                     extra={**self.extra, "action": "ramp"})
+
+    def _resumed(self) -> None:
+        """A pause ended while this sender waited (``martech send``): ramp from here."""
+        now = self.ctx.clock.now()
+        with self.ctx.begin() as conn:
+            self._load_ramp(conn, now)
+            self.limiter.load(conn, now)
 
     def _recover(self) -> int:
         """Resolve dead claimers' ``sending`` rows; return how many are still in flight."""
@@ -177,9 +213,9 @@ class Sender:
     async def _run(self) -> RunResult:
         self.stats = await self.ctx.in_thread(self.materialise)
         await self.ctx.in_thread(self._start)
+        links_ready = links.settled(self.prepared, self.stats)
         self._report()
         send = self.campaign.send
-        batch_size = self.limiter.max_batch(send.batch_size)
         while True:
             if self.ctx.stopping.is_set():
                 return RunResult("interrupted", "stopped; pending rows resume on restart",
@@ -193,7 +229,14 @@ class Sender:
                                      "when the pause clears", self._final_stats())
                 await self._sleep(POLL_S)
                 continue
+            if self.progress.paused is not None:
+                await self.ctx.in_thread(self._resumed)
             self.progress.paused = None
+            if not links_ready:  # checked before the first message; a broken one pauses
+                links_ready = await links.before_first_message(
+                    self.ctx, self.prepared, self.run_id, self.stats)
+                continue
+            batch_size = self.limiter.max_batch(send.batch_size, self.ctx.clock.now())
             wait_s = self.limiter.wait_s(batch_size, self.ctx.clock.now())
             if wait_s > 0:
                 await self._sleep(min(wait_s, POLL_S))
@@ -209,7 +252,10 @@ class Sender:
                     await self._sleep(POLL_S)
                     continue
                 delay = (next_at - self.ctx.clock.now()).total_seconds()
-                await self._sleep(min(max(delay, 0.01), POLL_S))
+                if delay > POLL_S:  # the next zone's 09:00: sleep on the clock, not poll
+                    await self.ctx.clock.sleep_until(next_at, self.ctx.stopping)
+                else:
+                    await self._sleep(max(delay, 0.01))
                 continue
             self.limiter.take(len(batch), self.ctx.clock.now())
             results = await self._send_batch(batch)
@@ -217,6 +263,11 @@ class Sender:
             attempted = [(row, out) for row, out in results if not out.unreachable]
             await self._record(attempted, [r.id for r in unreachable])
             if await self._paused_over_budget():
+                continue
+            if unreachable and not attempted and results[0][1].auth_failed:
+                await self.ctx.in_thread(self._pause_auth, results[0][1].error or "535")
+                log.error("SMTP relay refused our credentials; campaign paused, IT alerted",
+                          extra={**self.extra, "action": "smtp_auth_failed"})
                 continue
             if unreachable and not attempted:
                 error = results[0][1].error or "relay unreachable"
@@ -257,6 +308,11 @@ class Sender:
         with self.ctx.begin() as conn:
             pauses.add(conn, self.campaign.name, reason, self.ctx.clock.now(), detail=detail,
                        by="sender")
+
+    def _pause_auth(self, error: str) -> None:
+        with self.ctx.begin() as conn:
+            relay_auth.pause(conn, self.campaign.name, self.ctx.settings, self.ctx.config,
+                             self.ctx.clock.now(), error)
 
     def _claim(self, limit: int) -> list[ledger.DeliveryRow]:
         with self.ctx.begin() as conn:

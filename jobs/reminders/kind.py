@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from jobs.reminders import ical
 from jobs.reminders.calendar import Post, campaign_posts
 from jobs.reminders.cli import register_cli
 from jobs.reminders.config import PostReminderCampaign
@@ -68,6 +69,7 @@ def describe_reason(reason: str, detail: str | None) -> str:
         "manual": "the campaign was paused by hand",
         "error_budget": "too many sends had failed",
         "smtp_unreachable": "the mail relay was unreachable",
+        "broken_links": "links in the campaign were broken",
     }.get(kind, reason)
     return f"{text} ({detail})" if detail else text
 
@@ -118,6 +120,12 @@ class PostReminderKind:
                                         "template", exc.message))
         return problems
 
+    def campaign_links(self, campaign: Any, config: LoadedConfig, settings: Settings
+                       ) -> list[str]:
+        """Each post's link, as the reminder checks it (``martech validate --links``)."""
+        posts, _problems = campaign_posts(campaign, config)
+        return list(dict.fromkeys(p.link for p in posts if p.link))
+
     async def execute(self, ctx: ServiceContext, campaign: Any, run: RunRow) -> RunResult:
         """Send one reminder: the (post, lead) named by the run's schedule key.
 
@@ -151,7 +159,7 @@ class PostReminderKind:
 
         link_status: LinkStatus | None = None
         if campaign.check_link and post.link:
-            link_status = await check_link(post.link, ctx.settings.http_timeout_s)
+            link_status = await check_link(ctx, post.link)
 
         def _history() -> list[PauseEvent]:
             with ctx.begin() as conn:
@@ -168,32 +176,42 @@ class PostReminderKind:
         rows = [(t, self._payload(t, campaign, view, post_at, subject, text, html, run.id))
                 for t in campaign.notify]
 
-        def _enqueue() -> tuple[int, datetime | None]:
-            queued = 0
-            with ctx.begin() as conn:
-                late_done = done_at(conn, campaign.name, occurrence)
-                if late_done is not None:  # marked done while we were checking the link
-                    return 0, late_done
-                if view.link_broken and not has_event(conn, "link_broken", run.id):
-                    event(conn, "link_broken", campaign.name, now, run_id=run.id,
-                          url=post.link, detail=f"{occurrence}: {view.link_status}")
-                for target, (channel, address, payload) in rows:
-                    row_id = outbox_store.enqueue(
-                        conn, topic="reminder", channel=channel, target=address,
-                        payload=payload, now=now,
-                        dedupe_key=f"reminder:{run.id}:{target_key(target)}")
-                    queued += row_id is not None
-            return queued, None
-
-        queued, late_done = await ctx.in_thread(_enqueue)
+        queued, late_done = await ctx.in_thread(
+            self._enqueue, ctx, campaign, run, occurrence, view, rows, now)
         if late_done is not None:
             return RunResult("skipped", f"post {occurrence} marked done before sending",
                              {"post_id": occurrence})
-
         outbox.wake(ctx)
-        stats = {"post_id": occurrence, "lead": lead_name, "targets": len(rows),
+        return self._result(campaign, run, occurrence, lead_name, view, len(rows), queued, note)
+
+    @staticmethod
+    def _enqueue(ctx: ServiceContext, campaign: PostReminderCampaign, run: RunRow,
+                 occurrence: str, view: ReminderView,
+                 rows: list[tuple[NotifyTarget, tuple[str, str, dict[str, Any]]]],
+                 now: datetime) -> tuple[int, datetime | None]:
+        """One transaction: every target's outbox row, deduplicated per run and target."""
+        queued = 0
+        with ctx.begin() as conn:
+            late_done = done_at(conn, campaign.name, occurrence)
+            if late_done is not None:  # marked done while we were checking the link
+                return 0, late_done
+            if view.link_broken and not has_event(conn, "link_broken", run.id):
+                event(conn, "link_broken", campaign.name, now, run_id=run.id,
+                      url=view.link, detail=f"{occurrence}: {view.link_status}")
+            for target, (channel, address, payload) in rows:
+                row_id = outbox_store.enqueue(
+                    conn, topic="reminder", channel=channel, target=address,
+                    payload=payload, now=now,
+                    dedupe_key=f"reminder:{run.id}:{target_key(target)}")
+                queued += row_id is not None
+        return queued, None
+
+    @staticmethod
+    def _result(campaign: PostReminderCampaign, run: RunRow, occurrence: str, lead_name: str,
+                view: ReminderView, targets: int, queued: int, note: str | None) -> RunResult:
+        stats = {"post_id": occurrence, "lead": lead_name, "targets": targets,
                  "queued": queued, "link_broken": view.link_broken, "held": note is not None}
-        detail = f"reminder {lead_name} before {occurrence} queued for {len(rows)} target(s)"
+        detail = f"reminder {lead_name} before {occurrence} queued for {targets} target(s)"
         if view.link_broken:
             detail += f"; LINK BROKEN ({view.link_status})"
         if note:
@@ -252,3 +270,4 @@ class PostReminderKind:
 def register(registry: Registry) -> None:
     registry.add_kind(PostReminderKind())
     registry.cli.append(register_cli)
+    registry.http_routes.append(ical.add_routes)

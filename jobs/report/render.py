@@ -38,7 +38,8 @@ def bars(values: dict[str, int] | dict[str, float], suffix: str = "",
 
 
 def render_html(data: ReportData, templates_dir: Path) -> str:
-    """The HTML report. Templates run sandboxed with autoescape (DESIGN: no code in content).
+    """The HTML report. Templates run sandboxed with autoescape (ARCHITECTURE.md, invariant 9:
+    no code in content).
 
     :raises TemplateError: if the report template is missing or broken.
     """
@@ -94,6 +95,8 @@ def render_text(data: ReportData) -> str:
         lines.append("  runs: " + (_pairs(c.runs) or "none"))
         lines.append("  deliveries: " + (_pairs(c.deliveries) or "none"))
         lines.append("  events: " + (_pairs(c.events) or "none"))
+        if c.reputation.get("sent"):
+            lines.append("  reputation: " + c.reputation["summary"])
         if c.paused_now:
             lines.append("  paused now: " + ", ".join(c.paused_now))
     if data.checks:

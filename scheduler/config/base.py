@@ -32,7 +32,7 @@ def _check_timezone(value: str) -> str:
 
 
 # Any reference will do: a cron that fires at all fires within the bounded search of
-# `next_slot` (eight years: even 29 February recurs within that).
+# `next_slot` (cronsim's 50 years; 30 February is refused at once).
 _CRON_REFERENCE = datetime(2000, 1, 1, tzinfo=UTC)
 
 
@@ -73,6 +73,7 @@ def _check_local_datetime(value: str) -> str:
     return str(value)
 
 
+check_timezone = _check_timezone  # public: kinds build zone-like fields of their own on it
 TimezoneName = Annotated[str, AfterValidator(_check_timezone)]
 CronText = Annotated[str, AfterValidator(_check_cron)]
 Name = Annotated[str, AfterValidator(_check_name)]

@@ -1,4 +1,4 @@
-"""HMAC-signed tokens for links in e-mails (DESIGN invariant 9): unsubscribe, click, open.
+"""HMAC-signed tokens for links in e-mails (ARCHITECTURE.md, invariant 9): unsubscribe, click, open.
 
 A token is one canonical, unpadded base64url string of
 

@@ -1,4 +1,5 @@
-"""Check results (raw evidence) and check state (the guard's verdict), kept apart (DESIGN 5)."""
+"""Check results (raw evidence) and check state (the guard's verdict), kept apart
+(ARCHITECTURE.md, invariant 5)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class ResultRow:
     latency_ms: float | None
     detail: str | None
     node: str | None = None
+    findings: dict[str, Any] | None = None  # structured (page checks), for reports
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The suppression list: addresses never mailed again (unsubscribed, hard-bounced, manual)."""
+"""The suppression list: addresses never mailed again (unsubscribed, hard-bounced, too many
+soft bounces, a spam complaint, or suppressed by hand)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sqlalchemy as sa
 from scheduler.store.dialect import insert_for
 from scheduler.store.tables import suppressions
 
-REASONS = ("unsubscribed", "hard_bounce", "manual", "forgotten")  # forgotten: a keyed hash
+# forgotten: the row is a keyed hash of the address (scheduler/privacy.py)
+REASONS = ("unsubscribed", "hard_bounce", "soft_bounce", "complaint", "manual", "forgotten")
 
 
 def add(conn: sa.Connection, email: str, reason: str, now: datetime, *,

@@ -1,4 +1,5 @@
-"""Every table. Uniqueness constraints carry the invariants (DESIGN 2, 3, 4)."""
+"""Every table. Uniqueness constraints carry the invariants (ARCHITECTURE.md, invariants 2, 3,
+4)."""
 
 from __future__ import annotations
 
@@ -68,12 +69,15 @@ deliveries = sa.Table(
     sa.Column("claimed_at", UtcDateTime()),
     sa.Column("sent_at", UtcDateTime()),
     sa.Column("variables", sa.JSON),
+    # When this row may be sent at the earliest (per-recipient time zones: 09:00 in each
+    # recipient's zone); NULL = as soon as the run starts. The claim hands out due rows only.
+    sa.Column("due_at", UtcDateTime()),
     sa.UniqueConstraint("run_id", "recipient"),
     sa.Index("ix_deliveries_run_status", "run_id", "status"),
 )
 
 # A campaign sends only while it has no row here. reason: manual | guard:<check> |
-# maintenance:<window> | error_budget | smtp_unreachable
+# maintenance:<window> | error_budget | smtp_unreachable | smtp_auth_failed
 pauses = sa.Table(
     "pauses",
     metadata,
@@ -84,7 +88,7 @@ pauses = sa.Table(
     sa.Column("by", sa.String(200)),
 )
 
-# Raw evidence, kept apart from the verdict (DESIGN invariant 5).
+# Raw evidence, kept apart from the verdict (ARCHITECTURE.md, invariant 5).
 check_results = sa.Table(
     "check_results",
     metadata,
@@ -95,6 +99,8 @@ check_results = sa.Table(
     sa.Column("latency_ms", sa.Float),
     sa.Column("detail", sa.Text),
     sa.Column("node", sa.String(200)),
+    # Structured findings of probes that measure many things (the page check), for reports.
+    sa.Column("findings", sa.JSON),
     sa.Index("ix_check_results_check_at", "check_name", "at"),
 )
 
@@ -117,14 +123,15 @@ suppressions = sa.Table(
     "suppressions",
     metadata,
     sa.Column("email", sa.String(400), primary_key=True),  # lower-cased
-    sa.Column("reason", sa.String(40), nullable=False),  # unsubscribed | hard_bounce | manual
+    # unsubscribed | hard_bounce | soft_bounce | complaint | manual
+    sa.Column("reason", sa.String(40), nullable=False),
     sa.Column("at", UtcDateTime(), nullable=False),
     sa.Column("campaign", sa.String(200)),
     sa.Column("detail", sa.Text),
 )
 
 # kind: sent | delivered | bounced | opened | clicked | unsubscribed | paused | resumed | held
-#       | skipped | missed | posted | link_broken | alert
+#       | skipped | missed | posted | link_broken | alert | soft_bounce | complained | ramp
 tracking_events = sa.Table(
     "tracking_events",
     metadata,
