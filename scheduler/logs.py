@@ -238,8 +238,9 @@ def config_secret_values(config: Any) -> list[str]:
 
 def secret_values(settings: Settings) -> list[str]:
     values = [k.get_secret_value() for k in settings.previous_secret_keys]
-    if settings.secret_key is not None:
-        values.append(settings.secret_key.get_secret_value())
+    for secret in (settings.secret_key, settings.calendar_token):
+        if secret is not None:
+            values.append(secret.get_secret_value())
     if settings.smtp_password is not None:
         values.append(settings.smtp_password.get_secret_value())
     try:
