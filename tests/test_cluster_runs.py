@@ -144,6 +144,8 @@ def test_every_status_change_is_conditional_on_the_lease(
         adopted = run_store.take_over(conn, read, "node-b")
         assert adopted is not None and adopted.lease_gen == 1
         assert run_store.take_over(conn, read, "node-c") is None  # the same stale read loses
+        assert not run_store.still_owner(conn, read.id, read.fence)
+        assert run_store.still_owner(conn, read.id, adopted.fence)
         # node-a, acting on what it read before the adoption, is refused everywhere:
         assert move_run(conn, read, "running", T0, "node-a") is None
         assert not run_store.set_status(conn, read.id, "done", T0, fence=read.fence)

@@ -177,6 +177,13 @@ def take_over(conn: sa.Connection, run: RunRow, node: str) -> RunRow | None:
     return RunRow.from_row(row) if row else None
 
 
+def still_owner(conn: sa.Connection, run_id: int, fence: Fence) -> bool:
+    """Is the run still held under ``fence``? A long job (a newsletter between batches) may
+    ask, to stop early once another node has adopted its run."""
+    stmt = sa.select(sa.literal(1)).where(runs.c.id == run_id, fenced(fence))
+    return conn.execute(stmt).first() is not None
+
+
 def active_of(conn: sa.Connection, nodes: Iterable[str], statuses: Sequence[str] = ACTIVE
               ) -> list[RunRow]:
     """Runs in ``statuses`` owned by any of ``nodes``, oldest first."""
