@@ -20,8 +20,9 @@ from scheduler.clock import SystemClock
 from scheduler.config.loader import LoadedConfig
 from scheduler.config.schema import write_schemas
 from scheduler.context import ServiceContext
+from scheduler.delivery.linkcheck import LinkCache, LinkChecker
 from scheduler.engine import Engine, next_fire_times
-from scheduler.errors import ConfigError, MartechError, UnknownCampaign
+from scheduler.errors import ConfigError, MartechError, Problem, UnknownCampaign
 from scheduler.kinds import Registry
 from scheduler.logs import setup_logging
 from scheduler.service import Service, load_and_validate
@@ -33,6 +34,8 @@ from scheduler.status import (
     checks_table,
     node_rows,
     nodes_table,
+    zone_progress,
+    zones_table,
 )
 from scheduler.store import heartbeats, pauses
 from scheduler.store import runs as run_store
@@ -154,17 +157,34 @@ def run(state: State) -> None:
 
 @click.command()
 @click.argument("directory", required=False, type=click.Path(path_type=Path))
+@click.option("--links", "with_links", is_flag=True,
+              help="Also check every link the campaigns contain (fetches each once).")
 @click.pass_obj
 @friendly_errors
-def validate(state: State, directory: Path | None) -> None:
+def validate(state: State, directory: Path | None, with_links: bool) -> None:
     """Check every config file, template and audience; print each problem as file:line."""
     if directory is not None:
         state._overrides["config_dir"] = directory
     config = state.config()
     checks = len(config.checks.checks)
+    if with_links:
+        checked, problems = asyncio.run(link_problems(state, config))
+        if problems:
+            raise ConfigError(problems)
+        click.echo(f"links: {checked} distinct link(s) checked — none broken")
     # click.echo, not rich: the summary must stay one line however narrow the terminal.
     click.echo(f"ok: {len(config.campaigns)} campaign(s), {checks} check(s) in "
                f"{state.settings.config_dir} — no problems")
+
+
+async def link_problems(state: State, config: LoadedConfig) -> tuple[int, list[Problem]]:
+    """Every campaign's links checked (each distinct URL once); a problem per broken one."""
+    by_campaign = state.registry.campaign_links(config, state.settings)
+    checker = LinkChecker(LinkCache(SystemClock()), timeout_s=state.settings.http_timeout_s)
+    results = await checker.check(u for urls in by_campaign.values() for u in urls)
+    problems = [config.campaign_problem(name, (), f"broken link {url} ({results[url].detail})")
+                for name, urls in by_campaign.items() for url in urls if not results[url].ok]
+    return len(results), problems
 
 
 @click.command()
@@ -209,12 +229,16 @@ def status(state: State, as_json: bool) -> None:
     try:
         with db.begin() as conn:
             rows = campaign_rows(conn, config, next_times)
+            sending = zone_progress(conn)
             nodes = node_rows(conn, stale_after_s)
             if as_json:
                 click.echo(json.dumps({"campaigns": rows, "checks": check_rows(conn, config),
-                                       "nodes": nodes}, indent=2, default=str))
+                                       "sending_by_zone": sending, "nodes": nodes},
+                                      indent=2, default=str))
                 return
             console.print(campaigns_table(rows))
+            if sending:
+                console.print(zones_table(sending))
             console.print(checks_table(conn, config))
             console.print(nodes_table(nodes))
     finally:

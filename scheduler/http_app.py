@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from scheduler.context import ServiceContext
+from scheduler.http_metrics import HttpMetrics
 from scheduler.kinds import HttpRoutes
+from scheduler.ledger_metrics import FinishedRuns
 from scheduler.metrics import render_from_db
 from scheduler.store import heartbeats
 
@@ -31,7 +33,9 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def build_app(ctx: ServiceContext, routes: Sequence[HttpRoutes] = ()) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    http_metrics = HttpMetrics(ctx.clock)
+    finished = FinishedRuns()  # settled runs' counts, kept between scrapes
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[http_metrics.middleware()])
 
     async def healthz(_request: web.Request) -> web.Response:
         age_s = await ctx.in_thread(_heartbeat_age_s, ctx)
@@ -42,7 +46,7 @@ def build_app(ctx: ServiceContext, routes: Sequence[HttpRoutes] = ()) -> web.App
         return web.Response(text=f"ok: last heartbeat {age_s:.0f}s ago\n")
 
     async def metrics(_request: web.Request) -> web.Response:
-        body = await ctx.in_thread(_render_metrics, ctx)
+        body = await ctx.in_thread(_render_metrics, ctx, finished, http_metrics)
         return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     app.router.add_get("/healthz", healthz)
@@ -59,10 +63,11 @@ def _heartbeat_age_s(ctx: ServiceContext) -> float | None:
         return heartbeats.age_of(conn, ctx.node, "service")
 
 
-def _render_metrics(ctx: ServiceContext) -> bytes:
+def _render_metrics(ctx: ServiceContext, finished: FinishedRuns, http: HttpMetrics) -> bytes:
     config = ctx.config  # read afresh: a reload swaps it
     with ctx.begin() as conn:
-        return render_from_db(conn, list(config.checks.checks), list(config.campaigns))
+        return render_from_db(conn, list(config.checks.checks), list(config.campaigns),
+                              now=ctx.clock.now(), finished=finished, extra=[http])
 
 
 async def run_http_app(ctx: ServiceContext, routes: Sequence[HttpRoutes] = ()) -> None:

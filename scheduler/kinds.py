@@ -89,6 +89,18 @@ class AbandonsRuns(Protocol):
                            reason: str) -> None: ...
 
 
+class HasLinks(Protocol):
+    """The optional hook of a :class:`JobKind` whose campaigns contain links.
+
+    ``campaign_links(campaign, config, settings)`` returns the distinct http(s) links the
+    campaign will send people to, as its runs would (a newsletter: rendered for its audience,
+    UTM-tagged); ``martech validate --links`` checks them. Looked up with getattr.
+    """
+
+    def campaign_links(self, campaign: Any, config: LoadedConfig, settings: Settings
+                       ) -> list[str]: ...
+
+
 ServiceComponent = Callable[[ServiceContext], Awaitable[None]]
 CliRegistrar = Callable[[click.Group], None]
 HttpRoutes = Callable[[web.Application, ServiceContext], None]
@@ -126,6 +138,15 @@ class Registry:
                 continue
             for spec in self.kinds[campaign.kind].schedules(campaign, config):
                 out[spec.key] = spec
+        return out
+
+    def campaign_links(self, config: LoadedConfig, settings: Settings) -> dict[str, list[str]]:
+        """Each enabled campaign's links, from the kinds that have the optional hook."""
+        out: dict[str, list[str]] = {}
+        for name, campaign in config.campaigns.items():
+            hook = getattr(self.kinds.get(campaign.kind), "campaign_links", None)
+            if hook is not None and campaign.enabled:
+                out[name] = list(hook(campaign, config, settings))
         return out
 
     def validate(self, config: LoadedConfig, settings: Settings) -> list[Problem]:

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
         default=SecretStr("insecure-dev-key-change-me"),
         description="HMAC key for links and unsubscribe tokens",
     )
+    calendar_token: SecretStr | None = Field(
+        default=None, description="secret of the iCalendar feed URL /calendar/<token>.ics; "
+        "change it to revoke the URL (unset: no feed)")
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8025, ge=0, le=65535)
 

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from rich.table import Table
 
+from scheduler.clock import utc
 from scheduler.config.loader import LoadedConfig
+from scheduler.engine import Engine
 from scheduler.store import checks as check_store
 from scheduler.store import heartbeats, pauses
 from scheduler.store import runs as run_store
-from scheduler.store.tables import check_results, check_state, deliveries
-
-if TYPE_CHECKING:
-    from scheduler.engine import Engine
+from scheduler.store.tables import check_results, check_state, deliveries, runs
 
 
 def fmt_time(value: datetime | None) -> str:
@@ -54,7 +53,8 @@ def check_rows(conn: sa.Connection, config: LoadedConfig) -> list[dict[str, Any]
     for name, check in config.checks.checks.items():
         state = states.get(name)
         last = conn.execute(
-            sa.select(check_results.c.outcome, check_results.c.detail, check_results.c.at)
+            sa.select(check_results.c.outcome, check_results.c.detail, check_results.c.at,
+                      check_results.c.findings)
             .where(check_results.c.check_name == name)
             .order_by(check_results.c.at.desc()).limit(1)
         ).first()
@@ -65,6 +65,7 @@ def check_rows(conn: sa.Connection, config: LoadedConfig) -> list[dict[str, Any]
             "since": state.since.isoformat() if state else None,
             "last_result": (f"{last.outcome}: {last.detail or ''}".strip() if last else None),
             "last_at": last.at.isoformat() if last else None,
+            "findings": last.findings if last else None,  # page checks: each measurement
             "paused_campaigns": sorted(guarded.get(name, [])),
         })
     return out
@@ -134,6 +135,52 @@ def campaigns_table(rows: list[dict[str, Any]]) -> Table:
         table.add_row(row["campaign"] + ("" if row["enabled"] else " (disabled)"), row["kind"],
                       row["schedule"], short_time(row["next_run"]), short_time(row["last_run"]),
                       outcome, paused)
+    return table
+
+
+def zone_progress(conn: sa.Connection, statuses: tuple[str, ...] = run_store.ACTIVE,
+                  run_ids: list[int] | None = None) -> list[dict[str, Any]]:
+    """Runs whose deliveries fall due at different times (per-recipient zones): per due
+    time, its zones (from the run's stats) and how many rows are in each status. Active runs
+    for ``status``; a report passes the statuses (or run ids) of its period."""
+    stmt = (sa.select(runs.c.id, runs.c.campaign, runs.c.status, deliveries.c.due_at,
+                      deliveries.c.status.label("delivery"), sa.func.count().label("n"))
+            .select_from(deliveries.join(runs, deliveries.c.run_id == runs.c.id))
+            .where(runs.c.status.in_(statuses), deliveries.c.due_at.is_not(None),
+                   runs.c.id.in_(run_ids) if run_ids is not None else sa.true())
+            .group_by(runs.c.id, runs.c.campaign, runs.c.status, deliveries.c.due_at,
+                      deliveries.c.status)
+            .order_by(runs.c.id, deliveries.c.due_at))
+    grouped = conn.execute(stmt).all()
+    stats = dict(conn.execute(sa.select(runs.c.id, runs.c.stats).where(  # type: ignore[arg-type]
+        runs.c.id.in_({r.id for r in grouped}))).all()) if grouped else {}
+    out: dict[int, dict[str, Any]] = {}
+    for row in grouped:
+        run = out.setdefault(row.id, {"run_id": row.id, "campaign": row.campaign,
+                                      "status": row.status, "due": {}})
+        zones = (stats.get(row.id) or {}).get("zones", {})
+        due_at = utc(row.due_at)
+        slot = run["due"].setdefault(due_at.isoformat(), {
+            "due_at": due_at.isoformat(), "counts": {},
+            "zones": sorted(z for z, v in zones.items()
+                            if datetime.fromisoformat(v["due_at"]) == due_at)})
+        slot["counts"][row.delivery] = int(row.n)
+    return [{**r, "due": list(r["due"].values())} for r in out.values()]
+
+
+def zones_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Sending across time zones", title_justify="left")
+    for column in ("campaign", "run", "due (UTC)", "zones", "sent", "waiting", "other"):
+        table.add_column(column, overflow="fold")
+    for run in rows:
+        for slot in run["due"]:
+            counts = dict(slot["counts"])
+            sent = counts.pop("sent", 0)
+            waiting = counts.pop("pending", 0) + counts.pop("sending", 0)
+            other = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "—"
+            table.add_row(run["campaign"], f"{run['run_id']} ({run['status']})",
+                          short_time(slot["due_at"]), ", ".join(slot["zones"]) or "—",
+                          str(sent), str(waiting), other)
     return table
 
 

@@ -204,10 +204,17 @@ async def test_database_blip_mid_newsletter_resumes_the_send(
 
 async def test_bookkeeping_error_before_start_is_retried(
         db: SaEngine, db_url: str, tmp_path: Path, contexts: list[ServiceContext],
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     kind = RecorderKind()
     engine = engine_for(contexts, db_url, tmp_path, FakeClock(T0),
                         [FakeCampaign("weekly", Schedule(cron="0 9 * * MON"))], kind)
+
+    def start_fails(*_args: Any) -> list[RunRow]:
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("database is locked"))
+
+    # The claim loop's batched start fails: each run's executor starts it instead, and its
+    # own first bookkeeping step fails too.
+    monkeypatch.setattr(run_store, "start", start_fails)
     real = engine.executor.hold_if_paused
     calls = {"n": 0}
 

@@ -98,7 +98,8 @@ def apply_batch(conn: sa.Connection, env: Env, batch: Sequence[Observed]
     batch = _still_leased(conn, env, batch)
     check_store.record_results(conn, [
         ResultRow(o.check, o.at, o.result.outcome, o.result.latency_ms, o.result.detail,
-                  env.node) for o in batch])
+                  env.node, dict(o.result.findings) if o.result.findings else None)
+        for o in batch])
     states = check_store.states(conn, {o.check for o in batch}, lock=True)
     changed: dict[str, StateRow] = {}
     changes: list[Change] = []

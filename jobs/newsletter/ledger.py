@@ -9,7 +9,7 @@ only a dead claimer's rows (see ``jobs.newsletter.claims``), never a live sender
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,14 +33,32 @@ class DeliveryRow:
     variables: dict[str, Any] | None
 
 
-def materialise(conn: sa.Connection, run_id: int, rows: Sequence[tuple[str, dict[str, Any]]]
-                ) -> None:
-    """Insert pending rows; a recipient already in the run (a duplicate) is a no-op."""
+def materialise(conn: sa.Connection, run_id: int, rows: Sequence[tuple[str, dict[str, Any]]],
+                due_at: Callable[[dict[str, Any]], datetime] | None = None) -> None:
+    """Insert pending rows; a recipient already in the run (a duplicate) is a no-op.
+
+    ``due_at`` gives each row the time it may be sent (per-recipient zones); without it a
+    row is due as soon as the run sends.
+    """
     if not rows:
         return
     stmt = insert_for(conn, deliveries).on_conflict_do_nothing()
     conn.execute(stmt, [{"run_id": run_id, "recipient": email, "status": "pending",
-                         "attempts": 0, "variables": variables} for email, variables in rows])
+                         "attempts": 0, "variables": variables,
+                         "due_at": due_at(variables) if due_at else None}
+                        for email, variables in rows])
+
+
+def skip_overdue(conn: sa.Connection, run_id: int, before: datetime) -> int:
+    """Pending rows due before ``before`` are too late to send: ``skipped``, with why."""
+    result = conn.execute(
+        sa.update(deliveries)
+        .where(deliveries.c.run_id == run_id, deliveries.c.status == "pending",
+               deliveries.c.due_at < before)
+        .values(status="skipped", next_attempt_at=None,
+                last_error=f"too late: due before {before:%Y-%m-%d %H:%M} UTC, "
+                           "past misfire_grace or max_delay"))
+    return int(result.rowcount or 0)
 
 
 def exclude_suppressed(conn: sa.Connection, run_id: int) -> int:
@@ -101,8 +119,13 @@ def skip_pending(conn: sa.Connection, run_id: int, reason: str) -> int:
 
 def claim_batch(conn: sa.Connection, run_id: int, limit: int, node: str, now: datetime
                 ) -> list[DeliveryRow]:
-    """Claim up to ``limit`` due pending rows (skip_locked on PostgreSQL), marking them sending."""
-    due = sa.or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= now)
+    """Claim up to ``limit`` due pending rows (skip_locked on PostgreSQL), marking them sending.
+
+    Due: its retry time has come, and so has its recipient's send time (``due_at``).
+    """
+    due = sa.and_(
+        sa.or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= now),
+        sa.or_(deliveries.c.due_at.is_(None), deliveries.c.due_at <= now))
     select = (sa.select(deliveries.c.id, deliveries.c.recipient, deliveries.c.attempts,
                         deliveries.c.message_id, deliveries.c.variables)
               .where(deliveries.c.run_id == run_id, deliveries.c.status == "pending", due)
@@ -186,9 +209,13 @@ def counts(conn: sa.Connection, run_id: int) -> dict[str, int]:
 
 
 def next_retry_at(conn: sa.Connection, run_id: int) -> datetime | None:
-    """When the earliest pending row becomes due (None: nothing pending)."""
-    stmt = sa.select(sa.func.count(), sa.func.count(deliveries.c.next_attempt_at),
-                     sa.func.min(deliveries.c.next_attempt_at)).where(
+    """When the earliest pending row becomes due (None: nothing pending).
+
+    A row's time is its retry time, else its send time (``due_at``): a retry is always
+    scheduled after the row's send time, so the later of the two is the first one set.
+    """
+    when = sa.func.coalesce(deliveries.c.next_attempt_at, deliveries.c.due_at)
+    stmt = sa.select(sa.func.count(), sa.func.count(when), sa.func.min(when)).where(
         deliveries.c.run_id == run_id, deliveries.c.status == "pending")
     total, scheduled, earliest = conn.execute(stmt).one()
     if not total:

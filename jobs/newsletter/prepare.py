@@ -18,7 +18,7 @@ from jobs.newsletter.tracking import LinkTracker
 from scheduler.config.loader import LoadedConfig
 from scheduler.delivery.base import OutgoingMessage
 from scheduler.delivery.message import Envelope, MessageBuilder, parse_mailbox
-from scheduler.delivery.render import CampaignTemplates
+from scheduler.delivery.render import CampaignTemplates, Rendered
 from scheduler.delivery.tokens import Signer, unsubscribe_token
 from scheduler.errors import MartechError
 from scheduler.settings import Settings
@@ -124,21 +124,25 @@ def prepare(campaign: NewsletterCampaign, config: LoadedConfig, settings: Settin
                     f"unsubscribe@{sender.rsplit('@', 1)[1]}", builder, tracker)
 
 
-def compose(prepared: Prepared, row: DeliveryRow) -> OutgoingMessage:
-    """The per-recipient path: render, then join the precomputed header block."""
-    url, links = prepared.unsubscribe_links(row.recipient)
+def render_row(prepared: Prepared, row: DeliveryRow, unsubscribe_url: str) -> Rendered:
+    """One recipient's subject, HTML and text: UTM-tagged, not yet tracked."""
     templates = prepared.templates
     values = row.variables or {}
     if templates.split is not None and not templates.shared_names.intersection(values):
         # Fast path: the templates were rendered once for the run; substitute this row.
-        per_recipient = {**values, "email": row.recipient, "unsubscribe_url": url}
-        rendered = templates.render_split(per_recipient) or templates.render(
+        per_recipient = {**values, "email": row.recipient, "unsubscribe_url": unsubscribe_url}
+        return templates.render_split(per_recipient) or templates.render(
             {**prepared.base_variables, **per_recipient}, has_globals=True)
-    else:
-        variables = prepared.base_variables.copy()
-        variables.update(values)
-        variables.update(email=row.recipient, unsubscribe_url=url)
-        rendered = templates.render(variables, has_globals=True)
+    variables = prepared.base_variables.copy()
+    variables.update(values)
+    variables.update(email=row.recipient, unsubscribe_url=unsubscribe_url)
+    return templates.render(variables, has_globals=True)
+
+
+def compose(prepared: Prepared, row: DeliveryRow) -> OutgoingMessage:
+    """The per-recipient path: render, then join the precomputed header block."""
+    url, links = prepared.unsubscribe_links(row.recipient)
+    rendered = render_row(prepared, row, url)
     html = rendered.html
     if prepared.tracker is not None:
         # After rendering, so both render paths get the very same links; the text part keeps

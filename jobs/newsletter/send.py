@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobs.newsletter import claims, ledger
+from jobs.newsletter import claims, ledger, links, zones
 from jobs.newsletter.audiences import AudienceStats, iter_audience
 from jobs.newsletter.prepare import Prepared, compose
 from scheduler.context import ServiceContext
@@ -28,6 +28,7 @@ from scheduler.delivery.ratelimit import RateLimiter
 from scheduler.errors import MartechError
 from scheduler.kinds import RunResult
 from scheduler.store import pauses
+from scheduler.store import runs as run_store
 from scheduler.store.tables import runs
 
 log = logging.getLogger("martech.newsletter")
@@ -88,10 +89,12 @@ class Sender:
     def materialise(self) -> dict[str, Any]:
         """Stream the audience into the ledger (idempotent: re-running after a crash is safe)."""
         with self.ctx.begin() as conn:
-            stats = conn.execute(sa.select(runs.c.stats).where(runs.c.id == self.run_id)
-                                 ).scalar() or {}
+            run = run_store.get(conn, self.run_id)
+        stats = (run.stats if run else None) or {}
         if stats.get("materialised"):
             return dict(stats)
+        plan = zones.plan_for(self.campaign, run) if run else None
+        due_at = plan.due_at if plan else None
         audience = AudienceStats()
         streamed = 0
         chunk: list[tuple[str, dict[str, Any]]] = []
@@ -102,20 +105,25 @@ class Sender:
             streamed += 1
             if len(chunk) >= MATERIALISE_CHUNK:
                 with self.ctx.begin() as conn:
-                    ledger.materialise(conn, self.run_id, chunk)
+                    ledger.materialise(conn, self.run_id, chunk, due_at)
                 chunk = []
         builder = self.prepared.builder
         probe = builder.message_id("ID")
         prefix, suffix = probe.split("ID", 1)
         with self.ctx.begin() as conn:
-            ledger.materialise(conn, self.run_id, chunk)
+            ledger.materialise(conn, self.run_id, chunk, due_at)
             suppressed = ledger.exclude_suppressed(conn, self.run_id)
+            late = 0
+            if plan is not None and run is not None:
+                late = ledger.skip_overdue(conn, self.run_id, zones.overdue_before(
+                    self.campaign, run, self.ctx.clock.now(), first=True))
             ledger.assign_message_ids(conn, self.run_id, prefix, suffix)
             total = sum(ledger.counts(conn, self.run_id).values())
             stats = {"materialised": True, "audience_rows": audience.rows,
                      "invalid": audience.invalid, "filtered": audience.filtered,
                      "duplicates": max(0, streamed - total), "suppressed": suppressed,
-                     "total": total, "invalid_examples": audience.examples}
+                     "total": total, "invalid_examples": audience.examples,
+                     **({**plan.stats(), "late": late} if plan is not None else {})}
             conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(stats=stats))
         log.info("audience materialised", extra={**self.extra, "action": "materialise",
                                                  **{k: v for k, v in stats.items()
@@ -126,6 +134,10 @@ class Sender:
         now = self.ctx.clock.now()
         with self.ctx.begin() as conn:
             self.limiter.load(conn, now)
+            run = run_store.get(conn, self.run_id)
+            if run is not None and zones.plan_for(self.campaign, run) is not None:
+                ledger.skip_overdue(conn, self.run_id, zones.overdue_before(
+                    self.campaign, run, now, first=False))
         self._recover()
 
     def _recover(self) -> int:
@@ -170,6 +182,7 @@ class Sender:
     async def _run(self) -> RunResult:
         self.stats = await self.ctx.in_thread(self.materialise)
         await self.ctx.in_thread(self._start)
+        links_ready = links.settled(self.prepared, self.stats)
         self._report()
         send = self.campaign.send
         batch_size = self.limiter.max_batch(send.batch_size)
@@ -187,6 +200,10 @@ class Sender:
                 await self._sleep(POLL_S)
                 continue
             self.progress.paused = None
+            if not links_ready:  # checked before the first message; a broken one pauses
+                links_ready = await links.before_first_message(
+                    self.ctx, self.prepared, self.run_id, self.stats)
+                continue
             wait_s = self.limiter.wait_s(batch_size, self.ctx.clock.now())
             if wait_s > 0:
                 await self._sleep(min(wait_s, POLL_S))
@@ -202,7 +219,10 @@ class Sender:
                     await self._sleep(POLL_S)
                     continue
                 delay = (next_at - self.ctx.clock.now()).total_seconds()
-                await self._sleep(min(max(delay, 0.01), POLL_S))
+                if delay > POLL_S:  # the next zone's 09:00: sleep on the clock, not poll
+                    await self.ctx.clock.sleep_until(next_at, self.ctx.stopping)
+                else:
+                    await self._sleep(max(delay, 0.01))
                 continue
             self.limiter.take(len(batch), self.ctx.clock.now())
             results = await self._send_batch(batch)

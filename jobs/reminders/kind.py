@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from jobs.reminders import ical
 from jobs.reminders.calendar import Post, campaign_posts
 from jobs.reminders.cli import register_cli
 from jobs.reminders.config import PostReminderCampaign
@@ -67,6 +68,7 @@ def describe_reason(reason: str, detail: str | None) -> str:
         "manual": "the campaign was paused by hand",
         "error_budget": "too many sends had failed",
         "smtp_unreachable": "the mail relay was unreachable",
+        "broken_links": "links in the campaign were broken",
     }.get(kind, reason)
     return f"{text} ({detail})" if detail else text
 
@@ -111,6 +113,12 @@ class PostReminderKind:
                                         getattr(exc, "lineno", None), "template", str(exc)))
         return problems
 
+    def campaign_links(self, campaign: Any, config: LoadedConfig, settings: Settings
+                       ) -> list[str]:
+        """Each post's link, as the reminder checks it (``martech validate --links``)."""
+        posts, _problems = campaign_posts(campaign, config)
+        return list(dict.fromkeys(p.link for p in posts if p.link))
+
     async def execute(self, ctx: ServiceContext, campaign: Any, run: RunRow) -> RunResult:
         """Send one reminder: the (post, lead) named by the run's schedule key.
 
@@ -144,7 +152,7 @@ class PostReminderKind:
 
         link_status: LinkStatus | None = None
         if campaign.check_link and post.link:
-            link_status = await check_link(post.link, ctx.settings.http_timeout_s)
+            link_status = await check_link(ctx, post.link)
 
         def _history() -> list[PauseEvent]:
             with ctx.begin() as conn:
@@ -251,3 +259,4 @@ class PostReminderKind:
 def register(registry: Registry) -> None:
     registry.add_kind(PostReminderKind())
     registry.cli.append(register_cli)
+    registry.http_routes.append(ical.add_routes)

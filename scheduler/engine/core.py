@@ -135,18 +135,20 @@ class Engine:
         return self.claims.claim_due(specs)
 
     def _spawn_claimed(self, run: ClaimedRun) -> None:
-        self.spawn(run.run_id)
+        self.spawn(run.run_id, run.started)
 
-    def spawn(self, run_id: int) -> None:
+    def spawn(self, run_id: int, started: RunRow | None = None) -> None:
+        """Execute ``run_id`` in a task of its own; ``started``: the claim already moved it to
+        running (see ``claims._start_unpaused``)."""
         if run_id in self._tasks and not self._tasks[run_id].done():
             return
         # execute() retries every error itself, so no task exception goes unretrieved.
-        task = asyncio.create_task(self._execute_task(run_id), name=f"run-{run_id}")
+        task = asyncio.create_task(self._execute_task(run_id, started), name=f"run-{run_id}")
         self._tasks[run_id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(run_id, None))
 
-    async def _execute_task(self, run_id: int) -> None:
-        await self.executor.execute(run_id)
+    async def _execute_task(self, run_id: int, started: RunRow | None) -> None:
+        await self.executor.execute(run_id, started=started)
 
     async def execute(self, run_id: int) -> RunResult | None:
         return await self.executor.execute(run_id)

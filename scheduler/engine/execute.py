@@ -78,16 +78,19 @@ class Executor:
         # Outcomes whose recording failed, with the run as it was executed (its fence).
         self._unrecorded: dict[int, tuple[RunRow, RunResult]] = {}
 
-    async def execute(self, run_id: int) -> RunResult | None:
+    async def execute(self, run_id: int, *, started: RunRow | None = None
+                      ) -> RunResult | None:
         """Run ``run_id``, retrying outages and bookkeeping errors until done or stopping.
 
+        ``started``: the run as its claim inserted it, already ``running`` and ours — the
+        first attempt then skips re-reading it and the pause check the claim just made.
         Returns None when nothing was executed (held, finished, owned elsewhere, stopping).
         """
         extra: dict[str, Any] = {"job": None, "run_id": run_id}
         delay_s = self.retry_first_s
         while True:
             try:
-                return await self._attempt(run_id, extra)
+                return await self._attempt(run_id, extra, started)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -95,18 +98,20 @@ class Executor:
                 log.warning("run attempt failed (%s); the run stays active, retry in %.1fs",
                             "dependency outage" if outage else "engine error", delay_s,
                             exc_info=True, extra={**extra, "action": "run_retry"})
+            started = None  # a retry re-reads the run and its pause state
             if not await self._backoff(delay_s):
                 log.info("stopping: run left to resume on the next start",
                          extra={**extra, "action": "interrupt"})
                 return None
             delay_s = min(delay_s * 2, self.retry_max_s)
 
-    async def _attempt(self, run_id: int, extra: dict[str, Any]) -> RunResult | None:
+    async def _attempt(self, run_id: int, extra: dict[str, Any], started: RunRow | None
+                       ) -> RunResult | None:
         unrecorded = self._unrecorded.get(run_id)
         if unrecorded is not None:  # the job finished; only recording its outcome failed
             await self._record(*unrecorded, extra)
             return unrecorded[1]
-        loaded = await self.ctx.in_thread(self.load_run, run_id)
+        loaded = started or await self.ctx.in_thread(self.load_run, run_id)
         if loaded is None:
             return None
         extra["job"] = loaded.campaign
@@ -117,8 +122,8 @@ class Executor:
                 "skipped", "campaign no longer in the configuration"))
             log.warning("run skipped: campaign removed", extra={**extra, "action": "skip"})
             return None
-        run = await self.ctx.in_thread(self.hold_if_paused, loaded,
-                                       self.specs().get(loaded.schedule_key))
+        run = loaded if started is not None else await self.ctx.in_thread(
+            self.hold_if_paused, loaded, self.specs().get(loaded.schedule_key))
         if run is None:
             return None
         log.info("run started", extra={**extra, "action": "run_start", "kind": run.kind})

@@ -24,6 +24,7 @@ class ResultRow:
     latency_ms: float | None
     detail: str | None
     node: str | None = None
+    findings: dict[str, Any] | None = None  # structured (page checks), for reports
 
 
 @dataclass(frozen=True)

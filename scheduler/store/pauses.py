@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,6 +15,7 @@ from scheduler.store.tables import pauses, tracking_events
 MANUAL = "manual"
 ERROR_BUDGET = "error_budget"
 SMTP_UNREACHABLE = "smtp_unreachable"
+BROKEN_LINKS = "broken_links"  # a newsletter's pre-send link check found broken links
 
 
 def guard_reason(check: str) -> str:
@@ -71,6 +73,15 @@ def reasons(conn: sa.Connection, campaign: str) -> list[Pause]:
 def is_paused(conn: sa.Connection, campaign: str) -> bool:
     stmt = sa.select(sa.literal(1)).where(pauses.c.campaign == campaign).limit(1)
     return conn.execute(stmt).first() is not None
+
+
+def paused_among(conn: sa.Connection, campaigns: Iterable[str]) -> set[str]:
+    """Which of ``campaigns`` have a pause reason now (one query for a whole claim batch)."""
+    names = sorted(set(campaigns))
+    if not names:
+        return set()
+    stmt = sa.select(pauses.c.campaign).distinct().where(pauses.c.campaign.in_(names))
+    return {row[0] for row in conn.execute(stmt)}
 
 
 def all_reasons(conn: sa.Connection) -> dict[str, list[Pause]]:

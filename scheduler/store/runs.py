@@ -110,6 +110,20 @@ def claim(conn: sa.Connection, claims: Sequence[Claim], node: str, now: datetime
     return won
 
 
+def start(conn: sa.Connection, run_ids: Sequence[int], node: str, now: datetime) -> set[int]:
+    """Move pending runs owned by ``node`` to running; return the ids that moved.
+
+    Conditional on status and owner, like every run move, so a run someone else moved
+    meanwhile is left alone (and not returned).
+    """
+    if not run_ids:
+        return set()
+    stmt = (sa.update(runs)
+            .where(runs.c.id.in_(list(run_ids)), runs.c.status == "pending", runs.c.node == node)
+            .values(status="running", started_at=now).returning(runs.c.id))
+    return set(conn.execute(stmt).scalars())
+
+
 def cursors(conn: sa.Connection, keys: Iterable[str] | None = None) -> dict[str, datetime]:
     stmt = sa.select(schedule_cursors.c.schedule_key, schedule_cursors.c.last_at)
     if keys is not None:

@@ -72,6 +72,9 @@ deliveries = sa.Table(
     sa.Column("claimed_at", UtcDateTime()),
     sa.Column("sent_at", UtcDateTime()),
     sa.Column("variables", sa.JSON),
+    # When this row may be sent at the earliest (per-recipient time zones: 09:00 in each
+    # recipient's zone); NULL = as soon as the run starts. The claim hands out due rows only.
+    sa.Column("due_at", UtcDateTime()),
     sa.UniqueConstraint("run_id", "recipient"),
     sa.Index("ix_deliveries_run_status", "run_id", "status"),
 )
@@ -99,6 +102,8 @@ check_results = sa.Table(
     sa.Column("latency_ms", sa.Float),
     sa.Column("detail", sa.Text),
     sa.Column("node", sa.String(200)),
+    # Structured findings of probes that measure many things (the page check), for reports.
+    sa.Column("findings", sa.JSON),
     sa.Index("ix_check_results_check_at", "check_name", "at"),
 )
 

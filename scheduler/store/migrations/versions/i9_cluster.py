@@ -1,7 +1,7 @@
 """runs.lease_gen (the run's fencing token) and check_leases (one prober per check)
 
 Revision ID: i9_cluster
-Revises: 0002
+Revises: i13_joins
 Create Date: 2026-12-01 19:10:00.000000
 
 Issue 9: a node whose run was adopted must not overwrite the adopter's outcome, so every run
@@ -18,7 +18,7 @@ import scheduler.store.types
 
 
 revision = 'i9_cluster'
-down_revision = '0002'
+down_revision = 'i13_joins'
 branch_labels = None
 depends_on = None
 
