@@ -70,12 +70,12 @@ def node(contexts: list[ServiceContext], db_url: str, tmp_path: Path, name: str,
 def beat(engine: Engine, name: str, age_s: float) -> None:
     """``name``'s newest beat is ``age_s`` old by the database's clock."""
     with engine.ctx.begin() as conn:
-        heartbeats.beat(conn, name, "service", dbclock.now(conn) - timedelta(seconds=age_s))
+        heartbeats.beat(conn, name, "service", dbclock.db_now(conn) - timedelta(seconds=age_s))
 
 
 def test_liveness_is_the_databases_judgement(db: SaEngine) -> None:
     with db.begin() as conn:
-        now = dbclock.now(conn)
+        now = dbclock.db_now(conn)
         heartbeats.beat(conn, "fresh", "service", now - timedelta(seconds=5))
         heartbeats.beat(conn, "stale", "service", now - timedelta(seconds=61))
         heartbeats.beat(conn, "half", "service", now - timedelta(seconds=300))

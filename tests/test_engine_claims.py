@@ -378,7 +378,7 @@ async def test_dead_nodes_run_is_adopted_by_one_survivor(
     a, _ = engine_for(contexts, db_url, tmp_path, clock, [campaign], node="node-a")
     b, _ = engine_for(contexts, db_url, tmp_path, clock, [campaign], node="node-b")
     with dead.ctx.begin() as conn:  # "dead" last beat 5 minutes ago by the database's clock
-        heartbeats.beat(conn, "dead", "service", dbclock.now(conn) - timedelta(minutes=5))
+        heartbeats.beat(conn, "dead", "service", dbclock.db_now(conn) - timedelta(minutes=5))
     a.heartbeat()
     b.heartbeat()
     adopted = a.recovery.interrupted_runs() + b.recovery.interrupted_runs()

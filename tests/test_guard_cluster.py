@@ -25,7 +25,7 @@ from scheduler.clock import FakeClock
 from scheduler.context import ServiceContext
 from scheduler.settings import Settings
 from scheduler.store import checks as check_store
-from scheduler.store.dbclock import db_now
+from scheduler.store.dbclock import sql_now
 from scheduler.store.tables import check_leases, check_results
 from tests.conftest import REPO
 from tests.http_server import HttpServer
@@ -161,7 +161,7 @@ async def test_a_dead_guards_checks_pass_to_one_survivor_and_its_late_results_ar
         assert await tick_all(guards, clock, first) == {dead.ctx.node: ["website"]}
         survivors = [g for g in guards if g is not dead]
         with db.begin() as conn:  # `dead` stopped renewing: by the database's clock, expired
-            conn.execute(sa.update(check_leases).values(expires_at=db_now(-1)))
+            conn.execute(sa.update(check_leases).values(expires_at=sql_now(-1)))
         # The survivors' next lease pass (every lease_s / LEASE_RENEWALS) takes it over.
         renew = timedelta(seconds=dead.lease_s / LEASE_RENEWALS)
         await tick_all(survivors, clock, first + renew)

@@ -213,7 +213,7 @@ async def test_healthz_follows_this_nodes_heartbeat(app: App) -> None:
     def beat(node: str, age_s: float) -> None:
         with app.ctx.begin() as conn:
             heartbeats.beat(conn, node, "service",
-                            dbclock.now(conn) - timedelta(seconds=age_s))
+                            dbclock.db_now(conn) - timedelta(seconds=age_s))
 
     status, text = await get()
     assert (status, text) == (503, "unhealthy: no heartbeat\n")

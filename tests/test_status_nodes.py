@@ -41,7 +41,7 @@ def populate(db_url: str) -> None:
     engine = make_engine(db_url)
     try:
         with engine.begin() as conn:
-            now = dbclock.now(conn)
+            now = dbclock.db_now(conn)
             heartbeats.beat(conn, "alive-1", "service", now - timedelta(seconds=3))
             heartbeats.beat(conn, "dead-1", "service", now - timedelta(minutes=10))
             won = run_store.claim(conn, [

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from scheduler.store.dbclock import db_now
+from scheduler.store.dbclock import sql_now
 from scheduler.store.dialect import insert_for
 from scheduler.store.tables import check_leases, check_results, check_state
 
@@ -126,13 +126,13 @@ def hold_leases(conn: sa.Connection, names: Iterable[str], node: str, lease_s: f
     if not rows:
         return {}
     t = check_leases
-    base = insert_for(conn, t).values(gen=1, expires_at=db_now(lease_s))
+    base = insert_for(conn, t).values(gen=1, expires_at=sql_now(lease_s))
     stmt = base.on_conflict_do_update(
         index_elements=[t.c.check_name],
         set_={"node": base.excluded.node,
               "gen": sa.case((t.c.node == base.excluded.node, t.c.gen), else_=t.c.gen + 1),
               "expires_at": base.excluded.expires_at},
-        where=sa.or_(t.c.node == base.excluded.node, t.c.expires_at < db_now()),
+        where=sa.or_(t.c.node == base.excluded.node, t.c.expires_at < sql_now()),
     ).returning(t.c.check_name, t.c.gen)
     return {row.check_name: int(row.gen) for row in conn.execute(stmt, rows)}
 
@@ -154,13 +154,13 @@ def lease_holders(conn: sa.Connection, names: Iterable[str], *, lock: bool = Fal
 def release_leases(conn: sa.Connection, node: str) -> int:
     """A guard stopping cleanly hands its checks over at once instead of at expiry."""
     t = check_leases
-    stmt = sa.update(t).where(t.c.node == node).values(expires_at=db_now(-1))
+    stmt = sa.update(t).where(t.c.node == node).values(expires_at=sql_now(-1))
     return len(conn.execute(stmt.returning(t.c.check_name)).all())
 
 
 def live_leases_by_node(conn: sa.Connection) -> dict[str, int]:
     """How many unexpired check leases each node holds (``martech status``)."""
     t = check_leases
-    stmt = (sa.select(t.c.node, sa.func.count()).where(t.c.expires_at >= db_now())
+    stmt = (sa.select(t.c.node, sa.func.count()).where(t.c.expires_at >= sql_now())
             .group_by(t.c.node))
     return {row[0]: int(row[1]) for row in conn.execute(stmt)}

@@ -1,19 +1,22 @@
-"""The database's clock, as SQL: liveness and leases are judged by it (ARCHITECTURE.md,
-invariant 8).
+"""The database's clock: what leases and liveness are judged by (ARCHITECTURE.md, invariant 8).
 
-Two nodes' clocks may disagree by seconds; the database's clock is the one they share. So a
-heartbeat or a lease is stamped with the database's time *in the statement* and compared with
-it *in the statement*: no node ever holds another's timestamp against its own clock.
+Two nodes' wall clocks are never compared. A lease or heartbeat written by one node and judged
+by another is stamped and compared with the one clock they share, the database server's:
+PostgreSQL's ``now()`` (the transaction's start) or ``statement_timestamp()``, SQLite's
+``'now'`` (the one machine all processes on the file run on). :class:`DbTime` extends one
+reading with the local monotonic clock, so a batch can stamp retry times without a query per
+message.
 
-PostgreSQL: ``statement_timestamp()`` (not ``now()``, which is frozen at the start of the
-transaction). SQLite: ``strftime('%Y-%m-%d %H:%M:%f', 'now')``, which has milliseconds and
-sorts as text against what ``UtcDateTime`` stores (naive UTC ISO text); on SQLite every
-process is on one machine anyway.
+Two ways to use it: read it (:func:`db_now`, :class:`DbTime`), or put it in the statement
+(:class:`sql_now`, :class:`sql_age_s`), so that a row is stamped and judged by the database
+without the value ever passing through a node. SQLite's form, ``strftime('%Y-%m-%d
+%H:%M:%f', 'now')``, has milliseconds and sorts as text against what ``UtcDateTime`` stores.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,11 +24,44 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from scheduler.clock import Clock, utc
 from scheduler.store.types import UtcDateTime
 
+_SQLITE_NOW = sa.text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
+_PG_NOW = sa.text("SELECT now()")
 
-class db_now(FunctionElement[datetime]):  # lower case: reads as the SQL function it is
-    """The database's current time; ``db_now(-30)`` is 30 seconds ago, ``db_now(60)`` ahead."""
+
+def db_now(conn: sa.Connection) -> datetime:
+    """The database server's current time, aware UTC."""
+    if conn.dialect.name == "sqlite":
+        text = conn.execute(_SQLITE_NOW).scalar_one()
+        return datetime.strptime(str(text), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+    value = conn.execute(_PG_NOW).scalar_one()
+    assert isinstance(value, datetime)
+    return utc(value)
+
+
+@dataclass(frozen=True)
+class DbTime:
+    """One reading of the database clock, carried forward by the local monotonic clock."""
+
+    at: datetime
+    mono_s: float
+    clock: Clock
+
+    @classmethod
+    def read(cls, conn: sa.Connection, clock: Clock) -> DbTime:
+        return cls(db_now(conn), clock.monotonic(), clock)
+
+    def now(self) -> datetime:
+        return self.at + timedelta(seconds=max(0.0, self.clock.monotonic() - self.mono_s))
+
+
+# -- the clock inside a statement -------------------------------------------------------------
+
+class sql_now(FunctionElement[datetime]):  # lower case: reads as the SQL function it is
+    """The database's time as the statement runs; ``sql_now(-30)`` is 30 s ago, ``(60)``
+    a minute ahead."""
 
     type = UtcDateTime()
     inherit_cache = True
@@ -34,7 +70,7 @@ class db_now(FunctionElement[datetime]):  # lower case: reads as the SQL functio
         super().__init__(sa.literal(float(offset_s), sa.Float))
 
 
-class age_s(FunctionElement[float]):
+class sql_age_s(FunctionElement[float]):
     """Seconds from ``column`` (a timestamp the database stamped) to the database's now."""
 
     type = sa.Float()
@@ -44,36 +80,30 @@ class age_s(FunctionElement[float]):
         super().__init__(column)
 
 
-def _offset(element: db_now) -> sa.ColumnElement[Any]:
-    [offset] = element.clauses.clauses
-    return offset  # type: ignore[return-value]
+def _only(element: FunctionElement[Any]) -> sa.ColumnElement[Any]:
+    [clause] = element.clauses.clauses
+    return clause  # type: ignore[return-value]
 
 
-@compiles(db_now, "postgresql")
-def _pg_now(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
-    offset = compiler.process(_offset(element), **kw)
+@compiles(sql_now, "postgresql")
+def _pg_now(element: sql_now, compiler: SQLCompiler, **kw: Any) -> str:
+    offset = compiler.process(_only(element), **kw)
     return f"(statement_timestamp() + make_interval(secs => {offset}))"
 
 
-@compiles(db_now, "sqlite")
-def _sqlite_now(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
-    offset = compiler.process(_offset(element), **kw)
+@compiles(sql_now, "sqlite")
+def _sqlite_now(element: sql_now, compiler: SQLCompiler, **kw: Any) -> str:
+    offset = compiler.process(_only(element), **kw)
     return f"strftime('%Y-%m-%d %H:%M:%f', 'now', ({offset}) || ' seconds')"
 
 
-@compiles(age_s, "postgresql")
-def _pg_age(element: age_s, compiler: SQLCompiler, **kw: Any) -> str:
-    [column] = element.clauses.clauses
-    return f"EXTRACT(EPOCH FROM (statement_timestamp() - {compiler.process(column, **kw)}))"
+@compiles(sql_age_s, "postgresql")
+def _pg_age(element: sql_age_s, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(_only(element), **kw)
+    return f"EXTRACT(EPOCH FROM (statement_timestamp() - {column}))"
 
 
-@compiles(age_s, "sqlite")
-def _sqlite_age(element: age_s, compiler: SQLCompiler, **kw: Any) -> str:
-    [column] = element.clauses.clauses
-    return f"((julianday('now') - julianday({compiler.process(column, **kw)})) * 86400.0)"
-
-
-def now(conn: sa.Connection) -> datetime:
-    """The database's time now (tests planting an old heartbeat or lease use it)."""
-    value: datetime = conn.execute(sa.select(db_now())).scalar_one()
-    return value
+@compiles(sql_age_s, "sqlite")
+def _sqlite_age(element: sql_age_s, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(_only(element), **kw)
+    return f"((julianday('now') - julianday({column})) * 86400.0)"

@@ -17,7 +17,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from scheduler.store.dbclock import age_s, db_now
+from scheduler.store.dbclock import sql_age_s, sql_now
 from scheduler.store.dialect import insert_for
 from scheduler.store.tables import node_heartbeats
 
@@ -46,7 +46,7 @@ def beat(conn: sa.Connection, node: str, role: str, at: datetime | None = None,
     ``at`` stamps an explicit time instead (a tool or a test planting an old beat); services
     never pass it.
     """
-    stamp = db_now() if at is None else sa.literal(at, node_heartbeats.c.at.type)
+    stamp = sql_now() if at is None else sa.literal(at, node_heartbeats.c.at.type)
     base = insert_for(conn, node_heartbeats)
     stmt = base.values(node=node, role=role, at=stamp, pid=os.getpid(), info=info)
     stmt = stmt.on_conflict_do_update(
@@ -59,7 +59,7 @@ def beat(conn: sa.Connection, node: str, role: str, at: datetime | None = None,
 def latest(conn: sa.Connection) -> list[Beat]:
     """Every beat, by node and role, with its age by the database's clock."""
     t = node_heartbeats
-    stmt = sa.select(t.c.node, t.c.role, t.c.at, age_s(t.c.at).label("age_s"), t.c.pid,
+    stmt = sa.select(t.c.node, t.c.role, t.c.at, sql_age_s(t.c.at).label("age_s"), t.c.pid,
                      t.c.info).order_by(t.c.node, t.c.role)
     return [Beat(r.node, r.role, r.at, max(float(r.age_s), 0.0), r.pid, r.info)
             for r in conn.execute(stmt)]
@@ -68,7 +68,7 @@ def latest(conn: sa.Connection) -> list[Beat]:
 def age_of(conn: sa.Connection, node: str, role: str) -> float | None:
     """Seconds since ``node``'s ``role`` last beat, by the database's clock; None if never."""
     t = node_heartbeats
-    value = conn.execute(sa.select(age_s(t.c.at)).where(t.c.node == node, t.c.role == role)
+    value = conn.execute(sa.select(sql_age_s(t.c.at)).where(t.c.node == node, t.c.role == role)
                          ).scalar_one_or_none()
     return None if value is None else max(float(value), 0.0)
 
@@ -78,7 +78,7 @@ def dead_nodes(conn: sa.Connection, stale_after: float,
     """Nodes whose every beat is older than ``stale_after`` seconds (the database judges)."""
     t = node_heartbeats
     stmt = (sa.select(t.c.node).group_by(t.c.node)
-            .having(sa.func.max(t.c.at) < db_now(-stale_after)))
+            .having(sa.func.max(t.c.at) < sql_now(-stale_after)))
     if among is not None:
         names = sorted(set(among))
         if not names:
