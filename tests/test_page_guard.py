@@ -81,7 +81,7 @@ async def test_a_heavy_landing_page_holds_the_campaign_until_it_is_fixed(
             await guard.tick()
             with ctx.begin() as conn:
                 assert pauses.reasons(conn, "news") == []
-            released = await ctx.in_thread(engine._release_held_sync)
+            released = await ctx.in_thread(engine.holds.release)
             assert released == [run_id]
             result = await engine.execute(run_id)
         finally:

@@ -129,7 +129,7 @@ async def test_each_recipient_receives_at_nine_in_their_zone_once_across_dst(
         clock.set(BERLIN_9 + timedelta(minutes=20))
         with ctx.begin() as conn:
             pauses.remove(conn, "news", pauses.MANUAL, clock.now())
-        assert await ctx.in_thread(engine._release_held_sync) == [run_id]
+        assert await ctx.in_thread(engine.holds.release) == [run_id]
         task = asyncio.create_task(engine.execute(run_id))
         await settle(clock, task)
         berlin = {"anna@example.com", "nobody@example.com", "mars@example.com"}
