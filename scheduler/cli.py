@@ -166,6 +166,9 @@ def validate(state: State, directory: Path | None, with_links: bool) -> None:
     if directory is not None:
         state._overrides["config_dir"] = directory
     config = state.config()
+    for warn in state.registry.warnings:
+        for text in warn(config, state.settings):
+            click.echo(f"warning: {text}", err=True)
     checks = len(config.checks.checks)
     if with_links:
         checked, problems = asyncio.run(link_problems(state, config))

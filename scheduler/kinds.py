@@ -104,6 +104,8 @@ class HasLinks(Protocol):
 ServiceComponent = Callable[[ServiceContext], Awaitable[None]]
 CliRegistrar = Callable[[click.Group], None]
 HttpRoutes = Callable[[web.Application, ServiceContext], None]
+# Advice that is no error (the config runs as it is): ``martech validate`` prints it.
+ConfigWarnings = Callable[[LoadedConfig, Settings], list[str]]
 
 
 @dataclass
@@ -115,6 +117,7 @@ class Registry:
     cli: list[CliRegistrar] = field(default_factory=list)
     http_routes: list[HttpRoutes] = field(default_factory=list)
     list_files: list[ListFile] = field(default_factory=list)
+    warnings: list[ConfigWarnings] = field(default_factory=list)
 
     def add_kind(self, job: JobKind, list_file: ListFile | None = None) -> None:
         """Register ``job``; ``list_file`` also reads its campaigns from a file of their own."""

@@ -24,6 +24,11 @@ class SmtpSecurity(StrEnum):
     tls = "tls"
 
 
+class ImapSecurity(StrEnum):
+    none = "none"
+    tls = "tls"  # implicit TLS (port 993); aioimaplib has no STARTTLS
+
+
 class LogFormat(StrEnum):
     text = "text"
     json = "json"
@@ -89,6 +94,31 @@ class Settings(BaseSettings):
     reload_poll_s: float = Field(default=2.0, gt=0)
     shutdown_timeout_s: float = Field(default=8.0, gt=0)
     heartbeat_interval_s: float = Field(default=15.0, gt=0)
+
+    # -- deliverability (issue 12): DKIM, bounces and complaints that come back later --------
+    dkim_private_key_file: Path | None = Field(
+        default=None, description="PEM RSA key; with selector and domain, every message is signed")
+    dkim_selector: str | None = Field(default=None, description="e.g. mt2026")
+    dkim_domain: str | None = Field(default=None, description="d= of the signature, e.g. acme.com")
+    bounce_address: str | None = Field(
+        default=None, description="bounces@acme.com: Return-Path becomes bounces+<token>@acme.com")
+    feedback_id_sender: str = Field(default="martech", description="last field of Feedback-ID")
+    inbound_smtp_enabled: bool = Field(
+        default=False, description="receive bounces, complaints and mailto: unsubscribes")
+    inbound_smtp_host: str = "127.0.0.1"
+    inbound_smtp_port: int = Field(default=2525, ge=0, le=65535)
+    inbound_max_message_bytes: int = Field(default=10_000_000, gt=0)
+    imap_host: str | None = Field(default=None, description="poll this mailbox for bounces")
+    imap_port: int = Field(default=993, ge=0, le=65535)
+    imap_security: ImapSecurity = ImapSecurity.tls
+    imap_validate_certs: bool = True
+    imap_user: str | None = None
+    imap_password: SecretStr | None = None
+    imap_folder: str = "INBOX"
+    imap_poll_s: float = Field(default=60.0, gt=0)
+    imap_timeout_s: float = Field(default=30.0, gt=0)
+    soft_bounce_limit: int = Field(default=3, ge=1, description="soft bounces that suppress")
+    soft_bounce_window_days: float = Field(default=30.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

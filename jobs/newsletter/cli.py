@@ -130,16 +130,19 @@ def _preview(state: State, config: Any, camp: NewsletterCampaign, campaign: str,
 @friendly_errors
 def resume_send(state: State, campaign: str) -> None:
     """Clear the sender's own pauses of CAMPAIGN (error_budget, smtp_unreachable,
-    broken_links: the links are checked again before sending goes on)."""
+    broken_links: the links are checked again before sending goes on;
+    smtp_auth_failed: the next send logs in again with the current credentials)."""
     _campaign(state, campaign)
     cleared = []
     with state.db().begin() as conn:
-        for reason in (pauses.ERROR_BUDGET, pauses.SMTP_UNREACHABLE, pauses.BROKEN_LINKS):
+        for reason in (pauses.ERROR_BUDGET, pauses.SMTP_UNREACHABLE, pauses.BROKEN_LINKS,
+                       pauses.SMTP_AUTH_FAILED):
             if pauses.remove(conn, campaign, reason, SystemClock().now()):
                 cleared.append(reason)
         others = [p.reason for p in pauses.reasons(conn, campaign)]
-    msg = f"{campaign}: cleared {', '.join(cleared)}" if cleared else \
-        f"{campaign}: no error_budget, smtp_unreachable or broken_links pause"
+    msg = (f"{campaign}: cleared {', '.join(cleared)}" if cleared else
+           f"{campaign}: no error_budget, smtp_unreachable, broken_links or smtp_auth_failed "
+           "pause")
     if others:
         msg += f"; still paused by {', '.join(others)}"
     console.print(msg, markup=False)

@@ -66,6 +66,19 @@ class TrackConfig(StrictModel):
     opens: bool = Field(default=True, description="add a 1x1 pixel that records opens")
 
 
+class RampConfig(StrictModel):
+    """A gentle resume: after a pause longer than ``after``, sending climbs from ``start`` of
+    the rate to the full rate over ``over`` (a sudden burst from a quiet sender looks like spam
+    to mailbox providers)."""
+
+    enabled: bool = True
+    after: Duration = Field(default=timedelta(hours=6), description="pauses at least this long")
+    over: Duration = Field(default=timedelta(hours=2), description="time to reach the full rate")
+    start: float = Field(default=0.1, gt=0, le=1, description="share of the rate at first")
+    unlimited_rate_per_s: float = Field(
+        default=20.0, gt=0, description="the full rate to ramp to when send has no rate limit")
+
+
 class SendConfig(StrictModel):
     rate_per_s: float | None = Field(default=None, gt=0)
     rate_per_h: float | None = Field(default=None, gt=0)
@@ -78,6 +91,7 @@ class SendConfig(StrictModel):
         default=timedelta(days=1), description="a held run older than this is skipped"
     )
     delivery: Literal["at_most_once", "at_least_once"] = "at_most_once"
+    ramp: RampConfig = Field(default_factory=RampConfig)
 
 
 class ErrorBudgetConfig(StrictModel):

@@ -6,11 +6,19 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from jobs.newsletter import cli, http_tracking, http_unsubscribe, ledger, links
+from jobs.newsletter import (
+    cli,
+    dkim_cli,
+    http_tracking,
+    http_unsubscribe,
+    inbound,
+    ledger,
+    links,
+)
 from jobs.newsletter.config import RECIPIENT, NewsletterCampaign
 from jobs.newsletter.probe import relay_probe
 from jobs.newsletter.runner import TRANSPORT_OVERRIDE, send_run
-from jobs.newsletter.validate import validate_newsletter
+from jobs.newsletter.validate import newsletter_warnings, validate_newsletter
 from jobs.newsletter.zones import ZONE_SPREAD
 from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
@@ -71,6 +79,9 @@ class NewsletterJob:
 
 def register(registry: Registry) -> None:
     registry.add_kind(NewsletterJob())
-    registry.cli.append(cli.register)
+    registry.cli += [cli.register, dkim_cli.register]
+    registry.warnings.append(newsletter_warnings)
     registry.components["newsletter-relay-probe"] = relay_probe
+    registry.components["newsletter-inbound-smtp"] = inbound.inbound_smtp
+    registry.components["newsletter-imap-poller"] = inbound.imap_mailbox
     registry.http_routes += [http_unsubscribe.add_routes, http_tracking.add_routes]

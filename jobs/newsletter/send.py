@@ -15,11 +15,12 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from jobs.newsletter import claims, ledger, links, zones
+from jobs.newsletter import claims, ledger, links, relay_auth, resume_ramp, zones
 from jobs.newsletter.audiences import AudienceStats, iter_audience
 from jobs.newsletter.prepare import Prepared, compose
 from scheduler.context import ServiceContext
@@ -133,12 +134,34 @@ class Sender:
     def _start(self) -> None:
         now = self.ctx.clock.now()
         with self.ctx.begin() as conn:
+            self._load_ramp(conn, now)
             self.limiter.load(conn, now)
             run = run_store.get(conn, self.run_id)
             if run is not None and zones.plan_for(self.campaign, run) is not None:
                 ledger.skip_overdue(conn, self.run_id, zones.overdue_before(
                     self.campaign, run, now, first=False))
         self._recover()
+
+    def _load_ramp(self, conn: sa.Connection, now: datetime) -> None:
+        """After a long pause the rate climbs back gently (``send.ramp``)."""
+        found = resume_ramp.ramp_for(conn, self.campaign, now)
+        ramp = self.campaign.send.ramp
+        self.limiter.set_ramp(found[0] if found else None,
+                              unlimited_rate_per_s=ramp.unlimited_rate_per_s)
+        if found is None:
+            return
+        self.stats["ramp"] = {"since": found[0].since.isoformat(),
+                              "until": found[0].until.isoformat(), "start": ramp.start}
+        if resume_ramp.record(conn, self.campaign.name, self.run_id, *found, now):
+            log.info("resuming gently after a long pause: %s", found[0].describe(),
+                     extra={**self.extra, "action": "ramp"})
+
+    def _resumed(self) -> None:
+        """A pause ended while this sender waited (``martech send``): ramp from here."""
+        now = self.ctx.clock.now()
+        with self.ctx.begin() as conn:
+            self._load_ramp(conn, now)
+            self.limiter.load(conn, now)
 
     def _recover(self) -> int:
         """Resolve dead claimers' ``sending`` rows; return how many are still in flight."""
@@ -185,7 +208,6 @@ class Sender:
         links_ready = links.settled(self.prepared, self.stats)
         self._report()
         send = self.campaign.send
-        batch_size = self.limiter.max_batch(send.batch_size)
         while True:
             if self.ctx.stopping.is_set():
                 return RunResult("interrupted", "stopped; pending rows resume on restart",
@@ -199,11 +221,14 @@ class Sender:
                                      "when the pause clears", self._final_stats())
                 await self._sleep(POLL_S)
                 continue
+            if self.progress.paused is not None:
+                await self.ctx.in_thread(self._resumed)
             self.progress.paused = None
             if not links_ready:  # checked before the first message; a broken one pauses
                 links_ready = await links.before_first_message(
                     self.ctx, self.prepared, self.run_id, self.stats)
                 continue
+            batch_size = self.limiter.max_batch(send.batch_size, self.ctx.clock.now())
             wait_s = self.limiter.wait_s(batch_size, self.ctx.clock.now())
             if wait_s > 0:
                 await self._sleep(min(wait_s, POLL_S))
@@ -229,6 +254,11 @@ class Sender:
             unreachable = [row for row, out in results if out.unreachable]
             attempted = [(row, out) for row, out in results if not out.unreachable]
             await self._record(attempted, [r.id for r in unreachable])
+            if unreachable and not attempted and results[0][1].auth_failed:
+                await self.ctx.in_thread(self._pause_auth, results[0][1].error or "535")
+                log.error("SMTP relay refused our credentials; campaign paused, IT alerted",
+                          extra={**self.extra, "action": "smtp_auth_failed"})
+                continue
             if unreachable and not attempted:
                 error = results[0][1].error or "relay unreachable"
                 await self.ctx.in_thread(self._pause, pauses.SMTP_UNREACHABLE, error)
@@ -258,6 +288,11 @@ class Sender:
         with self.ctx.begin() as conn:
             pauses.add(conn, self.campaign.name, reason, self.ctx.clock.now(), detail=detail,
                        by="sender")
+
+    def _pause_auth(self, error: str) -> None:
+        with self.ctx.begin() as conn:
+            relay_auth.pause(conn, self.campaign.name, self.ctx.settings, self.ctx.config,
+                             self.ctx.clock.now(), error)
 
     def _claim(self, limit: int) -> list[ledger.DeliveryRow]:
         with self.ctx.begin() as conn:

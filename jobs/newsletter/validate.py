@@ -13,10 +13,12 @@ from typing import Any
 from jobs.newsletter.audiences import AudienceError, AudienceStats, iter_audience
 from jobs.newsletter.config import NewsletterCampaign
 from jobs.newsletter.prepare import ContextFileError, load_context, utm_params
+from jobs.newsletter.tracking import LinkTracker
 from scheduler.config.loader import LoadedConfig
 from scheduler.delivery.message import AddressError, parse_mailbox
 from scheduler.delivery.render import CampaignTemplates
-from scheduler.errors import HeaderInjectionError, Problem, TemplateError
+from scheduler.delivery.tokens import Signer
+from scheduler.errors import HeaderInjectionError, MartechError, Problem, TemplateError
 from scheduler.settings import Settings
 
 
@@ -86,3 +88,51 @@ def _template_problem(exc: TemplateError, templates_dir: Path, config: LoadedCon
     if exc.template == "subject":
         return config.campaign_problem(name, ("subject",), exc.message)
     return Problem(str(templates_dir / exc.template), exc.line, "template", exc.message)
+
+
+# SpamAssassin's HTML_IMAGE_ONLY_04…_32 score an HTML part with an image (our open pixel) whose
+# source — tags and URLs included (HTML.pm counts the raw length) — is at most this long: up to
+# 2.8 points in its local tests (20_html_tests.cf).
+IMAGE_ONLY_HTML_CHARS = 3200
+
+
+def newsletter_warnings(config: LoadedConfig, settings: Settings) -> list[str]:
+    """What runs but costs deliverability: one-click unsubscribe needs an https URL; a short
+    HTML part with the open pixel looks like an image-only spam to SpamAssassin."""
+    base = settings.public_base_url
+    newsletters = [c for c in config.campaigns.values() if isinstance(c, NewsletterCampaign)]
+    out: list[str] = []
+    if newsletters and base is not None and not base.lower().startswith("https://"):
+        out.append(f"MARTECH_PUBLIC_BASE_URL is {base}: without https, messages carry no "
+                   "one-click unsubscribe (List-Unsubscribe-Post), which Gmail and Yahoo "
+                   "require of bulk senders; fine for local use only")
+    if base is None:  # no tracking without a public base URL
+        return out
+    for campaign in newsletters:
+        if not campaign.track.opens:
+            continue
+        html = _sample_html(campaign, config, settings, base)
+        if html is not None and len(html) <= IMAGE_ONLY_HTML_CHARS:
+            out.append(f"campaign {campaign.name}: the HTML part is {len(html)} characters "
+                       "with the open-tracking image; SpamAssassin scores that up to 2.8 "
+                       f"points (HTML_IMAGE_ONLY_*) up to {IMAGE_ONLY_HTML_CHARS} — add text "
+                       "or set track: {opens: false}")
+    return out
+
+
+def _sample_html(campaign: NewsletterCampaign, config: LoadedConfig, settings: Settings,
+                 base_url: str) -> str | None:
+    """The HTML part as sent to the first audience row (links and pixel included), or None
+    when it cannot be rendered (validate reports that as a problem of its own)."""
+    try:
+        templates = CampaignTemplates(Path(settings.templates_dir), campaign.template,
+                                      campaign.subject, utm=utm_params(campaign))
+        row = first_row(campaign, config) or {"email": "someone@example.com"}
+        variables = {**load_context(campaign, config), **row, "campaign": campaign.name,
+                     "unsubscribe_url": "https://example.invalid/u"}
+        html = templates.check(variables).html
+    except MartechError:
+        return None
+    tracker = LinkTracker(Signer(settings.secret_key.get_secret_value()), base_url.rstrip("/"),
+                          clicks=campaign.track.clicks, opens=True)
+    return tracker.apply(html, 1)

@@ -4,6 +4,9 @@ hand out a fresh burst (a relay's hourly quota does not reset because we crashed
 A bucket of ``rate`` tokens per ``period_s`` holds at most ``rate`` tokens. The sender reserves
 a whole batch before claiming it (``wait_s`` says how long until it may), so no claimed row ever
 sits waiting on the limiter — a pause or shutdown never strands a claimed batch.
+
+A :class:`~scheduler.delivery.ramp.Ramp` scales every bucket's rate *and* capacity while it
+runs, so a bucket that filled up during a pause cannot release a full-rate burst either.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from scheduler.clock import utc
+from scheduler.delivery.ramp import Ramp
 from scheduler.store.dialect import insert_for
 from scheduler.store.tables import rate_buckets
 
@@ -25,21 +29,25 @@ class TokenBucket:
     period_s: float
     tokens: float
     updated_at: datetime
+    factor: float = 1.0  # share of the rate allowed now (a resume ramp), 0 < factor ≤ 1
 
     @property
     def capacity(self) -> float:
-        return self.rate
+        return max(1.0, self.rate * self.factor)
 
     def refill(self, now: datetime) -> None:
         elapsed = max(0.0, (now - self.updated_at).total_seconds())
-        self.tokens = min(self.capacity, self.tokens + elapsed * self.rate / self.period_s)
+        rate = self.rate * self.factor
+        self.tokens = min(self.capacity, self.tokens + elapsed * rate / self.period_s)
         self.updated_at = now
 
     def wait_s(self, n: float, now: datetime) -> float:
         """Seconds until ``n`` tokens are available (0 if now)."""
         self.refill(now)
         missing = min(n, self.capacity) - self.tokens
-        return 0.0 if missing <= 0 else missing * self.period_s / self.rate
+        # A rounding crumb (1e-7 of a token) is no reason to wait: the clock may not even
+        # be able to advance by that little.
+        return 0.0 if missing <= 1e-6 else missing * self.period_s / (self.rate * self.factor)
 
     def take(self, n: float, now: datetime) -> None:
         self.refill(now)
@@ -53,13 +61,33 @@ class RateLimiter:
         self.key = key
         self.specs = [(f"{key}:per_s", rate_per_s, 1.0), (f"{key}:per_h", rate_per_h, 3600.0)]
         self.buckets: list[TokenBucket] = []
+        self.ramp: Ramp | None = None
+
+    def set_ramp(self, ramp: Ramp | None, *, unlimited_rate_per_s: float | None = None) -> None:
+        """Ramp the configured rates; with none configured, ramp up to ``unlimited_rate_per_s``
+        (call :meth:`load` afterwards)."""
+        self.ramp = ramp
+        ramp_key = f"{self.key}:ramp"
+        self.specs = [spec for spec in self.specs if spec[0] != ramp_key]
+        if ramp is not None and not self.active and unlimited_rate_per_s:
+            self.specs.append((ramp_key, unlimited_rate_per_s, 1.0))
+
+    def _apply_ramp(self, now: datetime) -> None:
+        factor = self.ramp.factor(now) if self.ramp is not None else 1.0
+        for bucket in self.buckets:
+            bucket.refill(now)  # tokens earned so far at the old factor
+            bucket.factor = factor
 
     @property
     def active(self) -> bool:
         return any(rate for _k, rate, _p in self.specs)
 
-    def max_batch(self, wanted: int) -> int:
-        """A batch never exceeds a bucket's capacity, or it could never be reserved."""
+    def max_batch(self, wanted: int, now: datetime | None = None) -> int:
+        """A batch never exceeds a bucket's capacity (ramped at ``now``), or it could never be
+        reserved."""
+        if now is not None and self.buckets:
+            self._apply_ramp(now)
+            return max(1, min([wanted, *(int(b.capacity) for b in self.buckets)]))
         caps = [int(rate) for _k, rate, _p in self.specs if rate]
         return max(1, min([wanted, *caps]))
 
@@ -80,9 +108,11 @@ class RateLimiter:
             self.buckets.append(bucket)
 
     def wait_s(self, n: int, now: datetime) -> float:
+        self._apply_ramp(now)
         return max((b.wait_s(n, now) for b in self.buckets), default=0.0)
 
     def take(self, n: int, now: datetime) -> None:
+        self._apply_ramp(now)
         for bucket in self.buckets:
             bucket.take(n, now)
 

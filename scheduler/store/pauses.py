@@ -16,6 +16,7 @@ MANUAL = "manual"
 ERROR_BUDGET = "error_budget"
 SMTP_UNREACHABLE = "smtp_unreachable"
 BROKEN_LINKS = "broken_links"  # a newsletter's pre-send link check found broken links
+SMTP_AUTH_FAILED = "smtp_auth_failed"  # a 535: not retried until the credentials change
 
 
 def guard_reason(check: str) -> str:

@@ -1,4 +1,5 @@
-"""The suppression list: addresses never mailed again (unsubscribed, hard-bounced, manual)."""
+"""The suppression list: addresses never mailed again (unsubscribed, hard-bounced, too many
+soft bounces, a spam complaint, or suppressed by hand)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from scheduler.store import signals
 from scheduler.store.dialect import insert_for
 from scheduler.store.tables import suppressions
 
-REASONS = ("unsubscribed", "hard_bounce", "manual")
+REASONS = ("unsubscribed", "hard_bounce", "soft_bounce", "complaint", "manual")
 
 
 def add(conn: sa.Connection, email: str, reason: str, now: datetime, *,

@@ -80,7 +80,7 @@ deliveries = sa.Table(
 )
 
 # A campaign sends only while it has no row here. reason: manual | guard:<check> |
-# maintenance:<window> | error_budget | smtp_unreachable
+# maintenance:<window> | error_budget | smtp_unreachable | smtp_auth_failed
 pauses = sa.Table(
     "pauses",
     metadata,
@@ -138,14 +138,15 @@ suppressions = sa.Table(
     "suppressions",
     metadata,
     sa.Column("email", sa.String(400), primary_key=True),  # lower-cased
-    sa.Column("reason", sa.String(40), nullable=False),  # unsubscribed | hard_bounce | manual
+    # unsubscribed | hard_bounce | soft_bounce | complaint | manual
+    sa.Column("reason", sa.String(40), nullable=False),
     sa.Column("at", UtcDateTime(), nullable=False),
     sa.Column("campaign", sa.String(200)),
     sa.Column("detail", sa.Text),
 )
 
 # kind: sent | delivered | bounced | opened | clicked | unsubscribed | paused | resumed | held
-#       | skipped | missed | posted | link_broken | alert
+#       | skipped | missed | posted | link_broken | alert | soft_bounce | complained | ramp
 tracking_events = sa.Table(
     "tracking_events",
     metadata,
