@@ -25,7 +25,6 @@ import logging
 import threading
 from dataclasses import dataclass
 
-import psycopg
 import sqlalchemy as sa
 
 from scheduler.store.signals import TOPICS, channel, topic_of
@@ -148,6 +147,10 @@ class Listener:
             delay_s = min(delay_s * 2, RECONNECT_S[1])
 
     async def _listen(self, stopping: asyncio.Event) -> None:
+        # The driver is loaded on PostgreSQL only (as SQLAlchemy loads it): every process
+        # imports this module through ServiceContext, and SQLite users never need psycopg.
+        import psycopg
+
         conn = await psycopg.AsyncConnection.connect(
             conninfo(self.url), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         async with conn:
