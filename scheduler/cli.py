@@ -6,7 +6,6 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
-from datetime import timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -17,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import exc as sa_exc
 
-from scheduler.clock import SystemClock, utc
+from scheduler.clock import SystemClock
 from scheduler.config.loader import LoadedConfig
 from scheduler.config.schema import write_schemas
 from scheduler.context import ServiceContext
@@ -34,6 +33,8 @@ from scheduler.status import (
     campaigns_table,
     check_rows,
     checks_table,
+    node_rows,
+    nodes_table,
     zone_progress,
     zones_table,
 )
@@ -224,22 +225,27 @@ def settings_cmd(state: State, as_json: bool) -> None:
 @click.pass_obj
 @friendly_errors
 def status(state: State, as_json: bool) -> None:
-    """Campaigns (next and last run, pause reasons) and checks (state, last result)."""
+    """Campaigns (next and last run, pause reasons), checks (state, last result) and nodes
+    (last heartbeat by the database's clock, alive or dead, what each holds)."""
     config = state.config()
     db = state.db()
     next_times = next_fire_times(state.registry.specs(config), SystemClock().now())
+    stale_after_s = heartbeats.stale_after_s(state.settings.heartbeat_interval_s)
     try:
         with db.begin() as conn:
             rows = campaign_rows(conn, config, next_times)
             sending = zone_progress(conn)
+            nodes = node_rows(conn, stale_after_s)
             if as_json:
                 click.echo(json.dumps({"campaigns": rows, "checks": check_rows(conn, config),
-                                       "sending_by_zone": sending}, indent=2, default=str))
+                                       "sending_by_zone": sending, "nodes": nodes},
+                                      indent=2, default=str))
                 return
             console.print(campaigns_table(rows))
             if sending:
                 console.print(zones_table(sending))
             console.print(checks_table(conn, config))
+            console.print(nodes_table(nodes))
     finally:
         db.dispose()
 
@@ -314,14 +320,22 @@ def resume(state: State, name: str) -> None:
 @click.pass_obj
 @friendly_errors
 def health(state: State, max_age_s: float) -> None:
-    """Exit 0 if this node's service heartbeat is fresh, 1 otherwise (container checks)."""
-    with state.db(migrate=False).begin() as conn:
-        rows = [r for r in heartbeats.latest(conn)
-                if r.node == state.settings.node_name and r.role == "service"]
-    if rows and SystemClock().now() - utc(rows[0].at) < timedelta(seconds=max_age_s):
-        console.print(f"healthy: last heartbeat {rows[0].at.isoformat()}", markup=False)
+    """Exit 0 if this node's service heartbeat is fresh, 1 otherwise (container checks).
+
+    Never migrates (a probe must not change the schema under a running service); the age is
+    the database's, by the clock that stamped the beat.
+    """
+    engine = state.db(migrate=False)
+    try:
+        with engine.begin() as conn:
+            age_s = heartbeats.age_of(conn, state.settings.node_name, "service")
+    finally:
+        engine.dispose()
+    if age_s is not None and age_s < max_age_s:
+        console.print(f"healthy: last heartbeat {age_s:.0f}s ago", markup=False)
         return
-    console.print("unhealthy: no recent heartbeat", markup=False)
+    console.print("unhealthy: no recent heartbeat" if age_s is None
+                  else f"unhealthy: last heartbeat {age_s:.0f}s ago", markup=False)
     sys.exit(1)
 
 

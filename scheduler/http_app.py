@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from scheduler.clock import utc
 from scheduler.context import ServiceContext
 from scheduler.http_metrics import HttpMetrics
 from scheduler.kinds import HttpRoutes
@@ -86,13 +84,10 @@ def build_app(ctx: ServiceContext, routes: Sequence[HttpRoutes] = ()) -> web.App
 
 
 def _heartbeat_age_s(ctx: ServiceContext) -> float | None:
-    """Seconds since this node's service heartbeat, like ``martech health``."""
+    """Seconds since this node's service heartbeat by the database's clock (the clock that
+    stamped it), like ``martech health``."""
     with ctx.begin() as conn:
-        rows = [r for r in heartbeats.latest(conn) if r.node == ctx.node and r.role == "service"]
-    if not rows:
-        return None
-    age: timedelta = ctx.clock.now() - utc(rows[0].at)
-    return max(age.total_seconds(), 0.0)
+        return heartbeats.age_of(conn, ctx.node, "service")
 
 
 def _render_metrics(ctx: ServiceContext, finished: FinishedRuns, http: HttpMetrics) -> bytes:

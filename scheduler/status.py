@@ -1,4 +1,4 @@
-"""What ``martech status`` and the start-up banner show: campaigns, schedules, checks."""
+"""What ``martech status`` and the start-up banner show: campaigns, schedules, checks, nodes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from rich.table import Table
 from scheduler.clock import utc
 from scheduler.config.loader import LoadedConfig
 from scheduler.engine import Engine
-from scheduler.store import pauses
+from scheduler.store import checks as check_store
+from scheduler.store import heartbeats, pauses
 from scheduler.store import runs as run_store
 from scheduler.store.tables import check_results, check_state, deliveries, runs
 
@@ -180,4 +181,52 @@ def zones_table(rows: list[dict[str, Any]]) -> Table:
             table.add_row(run["campaign"], f"{run['run_id']} ({run['status']})",
                           short_time(slot["due_at"]), ", ".join(slot["zones"]) or "—",
                           str(sent), str(waiting), other)
+    return table
+
+
+def node_rows(conn: sa.Connection, stale_after_s: float) -> list[dict[str, Any]]:
+    """Every node the database knows: its newest heartbeat and age by the database's clock,
+    whether it is alive, and what it holds (active runs, ``sending`` deliveries it claimed,
+    check leases)."""
+    beats: dict[str, list[heartbeats.Beat]] = {}
+    for beat in heartbeats.latest(conn):
+        beats.setdefault(beat.node, []).append(beat)
+    held_runs = run_store.count_by_node(conn)
+    sending = {row[0]: int(row[1]) for row in conn.execute(
+        sa.select(deliveries.c.claimed_by, sa.func.count())
+        .where(deliveries.c.status == "sending", deliveries.c.claimed_by.is_not(None))
+        .group_by(deliveries.c.claimed_by))}
+    checks = check_store.live_leases_by_node(conn)
+    out = []
+    for node in sorted(beats.keys() | held_runs.keys() | sending.keys() | checks.keys()):
+        mine = beats.get(node, [])
+        newest = min(mine, key=lambda b: b.age_s) if mine else None
+        out.append({
+            "node": node,
+            "roles": sorted(b.role for b in mine),
+            "last_heartbeat": newest.at.isoformat() if newest else None,
+            "heartbeat_age_s": round(newest.age_s, 1) if newest else None,
+            "alive": newest is not None and newest.age_s < stale_after_s,
+            "runs": held_runs.get(node, {}),
+            "sending": sending.get(node, 0),
+            "checks": checks.get(node, 0),
+        })
+    return out
+
+
+def nodes_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Nodes", title_justify="left")
+    for column in ("node", "roles", "last heartbeat", "state", "runs", "sending", "checks"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        if row["last_heartbeat"] is None:
+            state = "no heartbeat"
+        else:
+            state = f"{'alive' if row['alive'] else 'dead'} ({row['heartbeat_age_s']:.0f}s ago)"
+        runs = ", ".join(f"{n} {status}" for status, n in sorted(row["runs"].items())) or "—"
+        table.add_row(row["node"], ", ".join(row["roles"]) or "—",
+                      short_time(row["last_heartbeat"]), state, runs,
+                      str(row["sending"]), str(row["checks"]))
+    if not rows:
+        table.add_row("(no node has started yet)", "", "", "", "", "", "")
     return table

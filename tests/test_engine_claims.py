@@ -17,7 +17,7 @@ from scheduler.clock import FakeClock
 from scheduler.context import ServiceContext
 from scheduler.engine import Engine, plan_claims
 from scheduler.schedules import Schedule
-from scheduler.store import pauses
+from scheduler.store import dbclock, heartbeats, pauses
 from scheduler.store import runs as run_store
 from scheduler.store.runs import Claim
 from scheduler.store.tables import schedule_cursors
@@ -377,8 +377,8 @@ async def test_dead_nodes_run_is_adopted_by_one_survivor(
     [claimed] = dead.claim_due(dead.specs.values())
     a, _ = engine_for(contexts, db_url, tmp_path, clock, [campaign], node="node-a")
     b, _ = engine_for(contexts, db_url, tmp_path, clock, [campaign], node="node-b")
-    dead.heartbeat()
-    clock.advance(timedelta(minutes=5))  # "dead" stopped beating; the survivors are alive
+    with dead.ctx.begin() as conn:  # "dead" last beat 5 minutes ago by the database's clock
+        heartbeats.beat(conn, "dead", "service", dbclock.db_now(conn) - timedelta(minutes=5))
     a.heartbeat()
     b.heartbeat()
     adopted = a.recovery.interrupted_runs() + b.recovery.interrupted_runs()

@@ -218,7 +218,7 @@ async def test_bookkeeping_error_before_start_is_retried(
     real = engine.executor.hold_if_paused
     calls = {"n": 0}
 
-    def flaky(run: RunRow, spec: ScheduleSpec | None) -> bool:
+    def flaky(run: RunRow, spec: ScheduleSpec | None) -> RunRow | None:
         calls["n"] += 1
         if calls["n"] == 1:
             raise sa.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
@@ -244,11 +244,11 @@ async def test_error_recording_the_outcome_is_retried_without_rerunning_the_job(
     real = engine.executor.finish
     calls = {"n": 0}
 
-    def flaky(run_id: int, result: RunResult) -> None:
+    def flaky(run: RunRow, result: RunResult) -> bool:
         calls["n"] += 1
         if calls["n"] == 1:
             raise outage()
-        real(run_id, result)
+        return real(run, result)
 
     engine.executor.finish = flaky  # type: ignore[method-assign]
     [claimed] = engine.claim_due(engine.specs.values())

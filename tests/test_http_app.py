@@ -24,7 +24,7 @@ from scheduler.delivery.tokens import Signer, click_token, unsubscribe_token
 from scheduler.http_app import run_http_app
 from scheduler.service import Service
 from scheduler.settings import Settings
-from scheduler.store import heartbeats, pauses
+from scheduler.store import dbclock, heartbeats, pauses
 from scheduler.store import suppressions as suppression_store
 from scheduler.store.tables import check_state, deliveries, tracking_events
 from tests.newsletter_fixtures import SECRET, claim_run, settings_for, write_config
@@ -218,21 +218,29 @@ async def test_metrics_serve_the_guard_gauges(app: App, t0: datetime) -> None:
 
 
 async def test_healthz_follows_this_nodes_heartbeat(app: App) -> None:
+    """The age is the database's: the beat was stamped by its clock, and is judged by it."""
     async def get() -> tuple[int, str]:
         async with app.session.get(app.url + "/healthz") as resp:
             return resp.status, await resp.text()
 
+    def beat(node: str, age_s: float) -> None:
+        with app.ctx.begin() as conn:
+            heartbeats.beat(conn, node, "service",
+                            dbclock.db_now(conn) - timedelta(seconds=age_s))
+
     status, text = await get()
     assert (status, text) == (503, "unhealthy: no heartbeat\n")
-    with app.ctx.begin() as conn:
-        heartbeats.beat(conn, "other-node", "service", app.clock.now())
+    beat("other-node", 0)
     assert (await get())[0] == 503  # another node's heartbeat says nothing about this one
-    with app.ctx.begin() as conn:
-        heartbeats.beat(conn, app.ctx.node, "service", app.clock.now())
-    app.clock.advance(12)
+    beat(app.ctx.node, 12)
     assert await get() == (200, "ok: last heartbeat 12s ago\n")
-    app.clock.advance(60)
+    beat(app.ctx.node, 72)
     assert await get() == (503, "unhealthy: last heartbeat 72s ago\n")
+    app.clock.advance(3600)  # the node's own clock says nothing about the database's beats
+    assert await get() == (503, "unhealthy: last heartbeat 72s ago\n")
+    with app.ctx.begin() as conn:
+        heartbeats.beat(conn, app.ctx.node, "service")  # what the engine does: no `at`
+    assert await get() == (200, "ok: last heartbeat 0s ago\n")
 
 
 async def test_stops_promptly_with_a_client_connected(app: App) -> None:

@@ -42,6 +42,8 @@ RELEASED = {
         "aaa8dfaed4381ab4304ea8ec8dcca7b3453c4fb2020baf03310e50a0c56b0f40",
     "i13_joins.py":
         "00624bf52468ef99ae1556428a1066c1f4d16de0ca3b8b5fdbcb1b3dea8e4bf3",
+    "i9_cluster.py":  # runs.lease_gen, check_leases (issue 9)
+        "0f20ffb17e38fabaabd79dcfa8f58759ce3dbedd93de807f679b740fdc37ee9e",
 }
 ADDED_BY_0002 = "ix_tracking_events_delivery_kind"
 

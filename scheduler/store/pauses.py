@@ -8,6 +8,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from scheduler.store import signals
 from scheduler.store.dialect import insert_for
 from scheduler.store.tables import pauses, tracking_events
 
@@ -37,25 +38,29 @@ class Pause:
 
 def add(conn: sa.Connection, campaign: str, reason: str, now: datetime, *,
         detail: str | None = None, by: str | None = None) -> bool:
-    """Add a pause reason; return True if it is new. Records a ``paused`` tracking event."""
+    """Add a pause reason; return True if it is new. Records a ``paused`` tracking event and
+    wakes every node's senders at commit (``signals``)."""
     stmt = insert_for(conn, pauses).values(
         campaign=campaign, reason=reason, detail=detail, since=now, by=by
     ).on_conflict_do_nothing().returning(pauses.c.campaign)
     # RETURNING, not rowcount: psycopg reports rowcount -1 for INSERT … ON CONFLICT here.
     added = conn.execute(stmt).first() is not None
     if added:
+        signals.notify(conn, signals.PAUSES)
         conn.execute(sa.insert(tracking_events).values(
             at=now, kind="paused", campaign=campaign, detail=f"{reason}: {detail or ''}".strip()))
     return added
 
 
 def remove(conn: sa.Connection, campaign: str, reason: str, now: datetime) -> bool:
-    """Remove a pause reason; return True if it was there. Records a ``resumed`` event."""
+    """Remove a pause reason; return True if it was there. Records a ``resumed`` event and
+    wakes every node's held runs at commit (``signals``)."""
     result = conn.execute(
         sa.delete(pauses).where(pauses.c.campaign == campaign, pauses.c.reason == reason)
     )
     removed = result.rowcount > 0
     if removed:
+        signals.notify(conn, signals.PAUSES)
         conn.execute(sa.insert(tracking_events).values(
             at=now, kind="resumed", campaign=campaign, detail=reason))
     return removed

@@ -30,6 +30,8 @@ schedule_cursors = sa.Table(
 
 # One row per scheduled occurrence. Whoever inserts it owns it.
 # status: pending | running | done | failed | missed | skipped | held | coalesced
+# lease_gen is the run's fencing token: bumped whenever another node (or a restart) takes the
+# run over, and every status change is conditional on it (ARCHITECTURE.md, invariant 8).
 runs = sa.Table(
     "runs",
     metadata,
@@ -47,6 +49,7 @@ runs = sa.Table(
     sa.Column("finished_at", UtcDateTime()),
     sa.Column("detail", sa.Text),
     sa.Column("stats", sa.JSON),
+    sa.Column("lease_gen", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("schedule_key", "scheduled_at"),
     sa.UniqueConstraint("schedule_key", "local_slot"),
 )
@@ -117,6 +120,18 @@ check_state = sa.Table(
     sa.Column("last_result_at", UtcDateTime()),
     sa.Column("last_detail", sa.Text),
     sa.Column("last_alert_at", UtcDateTime()),
+)
+
+# Who probes each check: one node at a time, cluster-wide, so a check runs once per interval
+# and hysteresis counts results, not nodes. expires_at is the database's clock (dbclock.py);
+# gen is the fencing token a result must carry to be recorded.
+check_leases = sa.Table(
+    "check_leases",
+    metadata,
+    sa.Column("check_name", sa.String(200), primary_key=True),
+    sa.Column("node", sa.String(200), nullable=False),
+    sa.Column("gen", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
 )
 
 suppressions = sa.Table(
