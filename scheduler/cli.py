@@ -24,6 +24,7 @@ from scheduler.delivery import budget as render_budget
 from scheduler.delivery.linkcheck import LinkCache, LinkChecker
 from scheduler.engine import Engine, next_fire_times
 from scheduler.errors import ConfigError, MartechError, Problem, UnknownCampaign
+from scheduler.keys import check_keys
 from scheduler.kinds import Registry
 from scheduler.logs import setup_logging
 from scheduler.service import Service, load_and_validate
@@ -152,6 +153,7 @@ def make_cli(registry: Registry) -> click.Group:
 @friendly_errors
 def run(state: State) -> None:
     """Run the service until SIGINT/SIGTERM; SIGHUP or a file change reloads config."""
+    check_keys(state.settings)  # a guessable key behind a public URL: refuse before anything
     config = state.config()
     service = Service(state.settings, state.registry, console=console)
     sys.exit(asyncio.run(service.run(config)))
