@@ -6,7 +6,7 @@ import asyncio
 import base64
 import io
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,15 +27,6 @@ from scheduler.store.tables import deliveries
 from tests.newsletter_fixtures import SECRET, claim_run, settings_for, write_config
 
 ADDRESS = "ann.private@example.com"
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @dataclass

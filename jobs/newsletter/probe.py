@@ -18,7 +18,7 @@ import aiosmtplib
 
 from jobs.newsletter import relay_auth
 from scheduler.context import ServiceContext
-from scheduler.settings import SmtpSecurity, TransportKind
+from scheduler.settings import Settings, SmtpSecurity, TransportKind
 from scheduler.store import pauses
 
 log = logging.getLogger("martech.newsletter")
@@ -26,16 +26,21 @@ log = logging.getLogger("martech.newsletter")
 PROBE_INTERVAL_S = 30.0
 
 
+def _client(s: Settings) -> aiosmtplib.SMTP:
+    """A client for the configured relay, every step under the settings' timeouts."""
+    return aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port,
+                           timeout=s.smtp_connect_timeout_s,
+                           use_tls=s.smtp_security == SmtpSecurity.tls,
+                           start_tls=s.smtp_security == SmtpSecurity.starttls,
+                           validate_certs=s.smtp_validate_certs,
+                           local_hostname=s.smtp_helo_name)
+
+
 async def relay_reachable(ctx: ServiceContext) -> bool:
     s = ctx.settings
     if s.transport != TransportKind.smtp:
         return True
-    client = aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port,
-                             timeout=s.smtp_connect_timeout_s,
-                             use_tls=s.smtp_security == SmtpSecurity.tls,
-                             start_tls=s.smtp_security == SmtpSecurity.starttls,
-                             validate_certs=s.smtp_validate_certs,
-                             local_hostname=s.smtp_helo_name)
+    client = _client(s)
     try:
         await asyncio.wait_for(client.connect(), s.smtp_connect_timeout_s * 2)
         await client.noop(timeout=s.smtp_timeout_s)
@@ -74,12 +79,7 @@ async def relay_login(ctx: ServiceContext) -> str | None:
     :raises aiosmtplib.SMTPException, OSError, TimeoutError: the relay could not be asked.
     """
     s = ctx.settings
-    client = aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port,
-                             timeout=s.smtp_connect_timeout_s,
-                             use_tls=s.smtp_security == SmtpSecurity.tls,
-                             start_tls=s.smtp_security == SmtpSecurity.starttls,
-                             validate_certs=s.smtp_validate_certs,
-                             local_hostname=s.smtp_helo_name)
+    client = _client(s)
     try:
         await asyncio.wait_for(client.connect(), s.smtp_connect_timeout_s * 2)
         if s.smtp_user and s.smtp_password is not None:
