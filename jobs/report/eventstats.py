@@ -1,0 +1,70 @@
+"""Opened/clicked events summed per (run, kind, traffic, url), from raw rows or rollups.
+
+``n`` counts events, ``n_first`` the first of each (delivery, kind, traffic): unique opens
+and clicks, which stay exact when hours are summed into days.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from jobs.report.sqlx import truncate
+from scheduler.store.tables import event_rollups, tracking_events
+
+ENGAGEMENT = ("opened", "clicked")  # the bulk: rolled up; other kinds stay raw
+
+
+@dataclass(frozen=True)
+class EventKey:
+    run_id: int | None
+    campaign: str | None
+    kind: str
+    traffic: str | None
+    url: str | None
+
+
+def raw_groups(conn: sa.Connection, start: datetime, end: datetime, *,
+               grain: str | None = None, runs: Any = None) -> list[tuple[Any, ...]]:
+    """Rows (bucket, campaign, run_id, kind, traffic, url, n, n_first)."""
+    e = tracking_events.c
+    bucket = (truncate(e.at, grain, conn.dialect.name) if grain else sa.null()).label("bucket")
+    first = sa.func.sum(sa.case((e.first.is_(True), 1), else_=0))
+    stmt = (sa.select(bucket, e.campaign, e.run_id, e.kind, e.traffic, e.url, sa.func.count(),
+                      first)
+            .where(e.kind.in_(ENGAGEMENT), e.at >= start, e.at < end)
+            .group_by(bucket, e.campaign, e.run_id, e.kind, e.traffic, e.url))
+    if runs is not None:
+        stmt = stmt.where(e.run_id.in_(runs))
+    return [tuple(row) for row in conn.execute(stmt)]
+
+
+def totals(conn: sa.Connection, segments: Iterable[Any], runs: Any
+           ) -> dict[EventKey, list[int]]:
+    """(n, n_first) per key over ``segments``, for events of the runs in ``runs`` (a select)."""
+    out: dict[EventKey, list[int]] = {}
+
+    def add(key: EventKey, n: int, n_first: int) -> None:
+        slot = out.setdefault(key, [0, 0])
+        slot[0] += n
+        slot[1] += n_first
+
+    r = event_rollups.c
+    for seg in segments:
+        if seg.tier == "raw":
+            for _b, campaign, run_id, kind, traffic, url, n, n_first in raw_groups(
+                    conn, seg.start, seg.end, runs=runs):
+                add(EventKey(run_id, campaign, kind, traffic, url), int(n), int(n_first or 0))
+            continue
+        stmt = (sa.select(r.campaign, r.run_id, r.kind, r.traffic, r.url, sa.func.sum(r.n),
+                          sa.func.sum(r.n_first))
+                .where(r.grain == seg.tier, r.start >= seg.start, r.start < seg.end,
+                       r.run_id.in_(runs))
+                .group_by(r.campaign, r.run_id, r.kind, r.traffic, r.url))
+        for campaign, run_id, kind, traffic, url, n, n_first in conn.execute(stmt):
+            add(EventKey(run_id, campaign, kind, traffic, url), int(n), int(n_first))
+    return out
