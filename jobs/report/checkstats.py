@@ -112,7 +112,7 @@ def raw_times(conn: sa.Connection, rules: CheckRules, start: datetime, end: date
                       sa.func.count(),
                       sa.func.sum(sa.case((sub.c.outcome == "fail", 1), else_=0)))
             .where(sub.c.at < end)
-            .group_by(sub.c.check_name, bucket, state))
+            .group_by(sub.c.check_name, *([bucket] if grain else []), state))
     return [tuple(row) for row in conn.execute(stmt)]
 
 
@@ -125,7 +125,7 @@ def raw_latency(conn: sa.Connection, checks: Iterable[str], start: datetime, end
     stmt = (sa.select(col.check_name, bucket, lat, sa.func.count())
             .where(col.check_name.in_(sorted(checks)), col.at >= start, col.at < end,
                    col.outcome == "ok", col.latency_ms.is_not(None))
-            .group_by(col.check_name, bucket, lat))
+            .group_by(col.check_name, *([bucket] if grain else []), lat))
     return [tuple(row) for row in conn.execute(stmt)]
 
 

@@ -37,7 +37,7 @@ def raw_groups(conn: sa.Connection, start: datetime, end: datetime, *,
     stmt = (sa.select(bucket, e.campaign, e.run_id, e.kind, e.traffic, e.url, sa.func.count(),
                       first)
             .where(e.kind.in_(ENGAGEMENT), e.at >= start, e.at < end)
-            .group_by(bucket, e.campaign, e.run_id, e.kind, e.traffic, e.url))
+            .group_by(*([bucket] if grain else []), e.campaign, e.run_id, e.kind, e.traffic, e.url))
     if runs is not None:
         stmt = stmt.where(e.run_id.in_(runs))
     return [tuple(row) for row in conn.execute(stmt)]
