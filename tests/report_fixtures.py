@@ -40,6 +40,9 @@ class Campaign:
         self.name, self.kind, self.requires, self.tags = name, kind, requires or [], []
         self.enabled = True
 
+    def schedule_text(self) -> str:
+        return "by hand"
+
 
 def make_setup(tmp_path: Path) -> tuple[LoadedConfig, Settings, ReportCampaign]:
     templates = tmp_path / "templates"

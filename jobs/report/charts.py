@@ -56,9 +56,9 @@ def joined_chart(report: Report) -> bytes:
     ax.set_ylabel("sends per hour")
     ax.set_xlim(_num(report.since), _num(report.until))
     ax.xaxis.set_major_formatter(
-        mdates.DateFormatter("%a %d %b\n%H:%M", tz=tz))  # type: ignore[no-untyped-call]
+        mdates.DateFormatter("%a %d %b", tz=tz))  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_locator(
-        mdates.AutoDateLocator(tz=tz, maxticks=8))  # type: ignore[no-untyped-call]
+        mdates.AutoDateLocator(tz=tz, minticks=3, maxticks=6))  # type: ignore[no-untyped-call]
     ax.grid(axis="y", color="#e5e5e5")
     ax.spines[["top", "right"]].set_visible(False)
     handles, _labels = ax.get_legend_handles_labels()
