@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ URL1, URL2 = "https://acme.example/a", "https://acme.example/b"
 
 class Campaign:
     def __init__(self, name: str, kind: str, requires: list[str] | None = None) -> None:
-        self.name, self.kind, self.requires, self.tags = name, kind, requires or [], []
+        self.name, self.kind, self.requires = name, kind, requires or []
+        self.tags: list[str] = []
         self.enabled = True
 
     def schedule_text(self) -> str:
@@ -80,8 +82,8 @@ def _run(conn: sa.Connection, campaign: str, kind: str, at: datetime, status: st
     return run_id
 
 
-def _deliveries(conn: sa.Connection, run_id: int, rows: list[tuple[str, datetime | None, str | None]]
-                ) -> list[int]:
+def _deliveries(conn: sa.Connection, run_id: int,
+                rows: Sequence[tuple[str, datetime | None, str | None]]) -> list[int]:
     ids = []
     for i, (status, sent_at, error) in enumerate(rows):
         ids.append(int(conn.execute(sa.insert(deliveries).values(

@@ -15,17 +15,17 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from jobs.report.checkstats import check_rules
+from jobs.report.config import ReportCampaign
 from jobs.report.model import Report
 from jobs.report.produce import build, produce
 from jobs.report.retention import Ages, catch_up
-from jobs.report.checkstats import check_rules
 from scheduler.config.loader import LoadedConfig
 from scheduler.delivery.notify import build_notification
 from scheduler.outbox import _images
 from scheduler.settings import Settings
 from scheduler.store.tables import check_results, outbox, tracking_events
 from tests.report_fixtures import SINCE, UNTIL, URL1, URL2, fill, make_setup, request
-from jobs.report.config import ReportCampaign
 
 Setup = tuple[LoadedConfig, Settings, ReportCampaign]
 OK_S = 3600 + 1800 + 89 * 60 + 125  # the last result counts until its cap (2 x 60 s + 5 s)

@@ -194,9 +194,9 @@ def pause_spans(conn: sa.Connection, names: Sequence[str], window: Window
 
 def _top_links(links: dict[tuple[str, str], Counter[str]], campaign: str
                ) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = [{"url": url, "human": c.get("human", 0), "machine": c.get("machine", 0),
-             "suspect": c.get("suspect", 0)} for (name, url), c in links.items()
-            if name == campaign]
+    rows: list[dict[str, Any]] = [
+        {"url": url, "human": c.get("human", 0), "machine": c.get("machine", 0),
+         "suspect": c.get("suspect", 0)} for (name, url), c in links.items() if name == campaign]
     rows.sort(key=lambda r: (-r["human"], -r["machine"], r["url"]))
     return rows[:TOP_LINKS]
 
