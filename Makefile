@@ -28,7 +28,7 @@ test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check martech scheduler jobs tests bench scripts
+	$(BIN)/ruff check martech scheduler jobs tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -4,9 +4,10 @@
 
 Start-up is config load (YAML + validation, including the first import of the job modules)
 through ``Engine.start`` returning; the catch-up claim that start-up leaves running in the
-background is timed too. Lateness is due -> claimed (``Engine.claimed_log``), measured against
-a naive baseline in the same run: one INSERT + COMMIT per job in a loop, as a home-made
-scheduler would do; due -> job started is shown as well. ``--repeat N`` runs it all N times,
+background is timed too. Lateness is due -> job started, the figure users feel (the engine's
+``on_run_started`` hook, called just before the job kind runs), measured against a naive
+baseline in the same run: one INSERT + COMMIT per job in a loop, as a home-made scheduler would
+do; due -> the kind's own first line is shown as well. ``--repeat N`` runs it all N times,
 each in a fresh process (the machine may be shared: each run prints the load average).
 """
 
@@ -23,14 +24,15 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa
 
 from martech.compose import build_registry
-from scheduler.clock import SystemClock
+from scheduler.clock import SystemClock, utc
+from scheduler.config.campaigns import CampaignBase
 from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
 from scheduler.engine import Engine
@@ -97,8 +99,13 @@ async def startup(n: int, url: str, root: Path) -> dict[str, float]:
             "rss_mb": rss_after, "rss_delta_mb": rss_after - rss_before}
 
 
+class BenchCampaign(CampaignBase):
+    kind: Literal["bench"]
+
+
 class NoopKind:
     kind = "bench"
+    campaign_model = BenchCampaign
 
     def __init__(self, schedules: dict[str, Schedule]) -> None:
         self._schedules = schedules
@@ -140,13 +147,17 @@ async def lateness(n: int, url: str, root: Path) -> dict[str, float]:
     db = make_engine(url)
     upgrade(db)
     ctx = ServiceContext(settings, config, db, SystemClock())
-    engine = Engine(ctx, registry)
+    late_ms: list[float] = []
+
+    def started(run: RunRow, at: datetime) -> None:
+        late_ms.append((at - utc(run.scheduled_at)).total_seconds() * 1000)
+
+    engine = Engine(ctx, registry, on_run_started=started)
     await engine.start()
     await asyncio.wait_for(kind.all_done.wait(), 60)
     await engine.stop(5)
     db.dispose()
-    late_ms = [(claimed - at).total_seconds() * 1000 for _k, at, claimed in engine.claimed_log]
-    assert len(late_ms) == n, f"claimed {len(late_ms)} of {n}"
+    assert len(late_ms) == n, f"started {len(late_ms)} of {n}"
     started_ms = [(at - due).total_seconds() * 1000 for at in kind.started]
     return {"jobs": n, "p50_ms": pct(late_ms, 0.50), "p99_ms": pct(late_ms, 0.99),
             "max_ms": max(late_ms), "mean_ms": statistics.fmean(late_ms),
@@ -189,9 +200,10 @@ def run_once(args: argparse.Namespace, n_schedules: int, n_jobs: int) -> bool:
           f"(+{start['rss_delta_mb']:.0f} MB)   target < 2 s")
     print(f"    then catch-up claim of every schedule committed in {start['catch_up_s']:.2f} s "
           "(in the background)")
-    print(f"  lateness, {late['jobs']:.0f} jobs due in one second: p50 {late['p50_ms']:.0f} ms, "
+    print(f"  due -> job started, {late['jobs']:.0f} jobs due in one second: "
+          f"p50 {late['p50_ms']:.0f} ms, "
           f"p99 {late['p99_ms']:.0f} ms, max {late['max_ms']:.0f} ms   target p99 < 250 ms")
-    print(f"    due -> job started: p50 {late['started_p50_ms']:.0f} ms, "
+    print(f"    due -> the job's own first line: p50 {late['started_p50_ms']:.0f} ms, "
           f"p99 {late['started_p99_ms']:.0f} ms")
     print(f"  naive baseline (INSERT+COMMIT per job): p50 {naive['p50_ms']:.0f} ms, "
           f"p99 {naive['p99_ms']:.0f} ms")

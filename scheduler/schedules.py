@@ -1,7 +1,7 @@
 """Schedules as pure functions of an aware datetime: next fire time and local slot.
 
 A *local slot* is the naive wall-clock time an occurrence stands for; runs are unique on it,
-so an occurrence fires once even across DST folds (DESIGN invariant 2).
+so an occurrence fires once even across DST folds (ARCHITECTURE.md, invariant 2).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """An APScheduler 3 trigger backed by our pure schedule maths.
 
-APScheduler only wakes the process (DESIGN invariant 2); using our own trigger sidesteps
+APScheduler only wakes the process (ARCHITECTURE.md, invariant 2); using our own trigger sidesteps
 ``CronTrigger``'s double fire in the DST fold and its shifted fire in the gap.
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -28,18 +29,12 @@ DB_PARAMS = [
 ]
 
 
-def _fresh_postgres_url() -> str:
-    """A private schema-less database per test would be slow; a fresh schema via search_path."""
-    assert PG_URL
-    return PG_URL
-
-
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/martech.db"
 
 
-def _pg_engine() -> tuple[Engine, str]:
+def _pg_schema_url() -> tuple[str, str]:
     """A fresh PostgreSQL schema per test, so tests never see each other's rows."""
     assert PG_URL
     schema = f"t_{uuid.uuid4().hex[:12]}"
@@ -48,7 +43,7 @@ def _pg_engine() -> tuple[Engine, str]:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     admin.dispose()
     url = sa.engine.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    return make_engine(url.render_as_string(hide_password=False)), schema
+    return url.render_as_string(hide_password=False), schema
 
 
 def _drop_pg_schema(schema: str) -> None:
@@ -60,23 +55,25 @@ def _drop_pg_schema(schema: str) -> None:
 
 
 @pytest.fixture(params=DB_PARAMS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A migrated database URL: SQLite file, and PostgreSQL when configured."""
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database URL: SQLite file, and PostgreSQL (a schema of its own) when configured."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/martech.db"
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
-        yield url
+        yield f"sqlite:///{tmp_path}/martech.db"
         return
-    engine, schema = _pg_engine()
-    upgrade(engine)
-    url = engine.url.render_as_string(hide_password=False)
-    engine.dispose()
+    url, schema = _pg_schema_url()
     try:
         yield url
     finally:
         _drop_pg_schema(schema)
+
+
+@pytest.fixture
+def db_url(empty_db_url: str) -> str:
+    """A migrated database URL: SQLite file, and PostgreSQL when configured."""
+    engine = make_engine(empty_db_url)
+    upgrade(engine)
+    engine.dispose()
+    return empty_db_url
 
 
 @pytest.fixture
@@ -89,3 +86,13 @@ def db(db_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def t0() -> datetime:
     return datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The CLI installs its own log handler on the root logger; put pytest's back after."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

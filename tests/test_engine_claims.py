@@ -278,7 +278,7 @@ async def test_paused_campaign_run_is_held_then_released(
     assert kind.executed == []
     with engine.ctx.begin() as conn:
         pauses.remove(conn, "c", pauses.MANUAL, T0)
-    assert engine._release_held_sync() == [claimed.run_id]
+    assert engine.holds.release() == [claimed.run_id]
     result = await engine.execute(claimed.run_id)
     assert result is not None and result.status == "done"
     assert kind.executed == [("c", claimed.run_id)]
@@ -296,7 +296,7 @@ async def test_held_past_max_delay_is_skipped(
     clock.advance(timedelta(days=2))
     with engine.ctx.begin() as conn:
         pauses.remove(conn, "c", pauses.guard_reason("website"), clock.now())
-    assert engine._release_held_sync() == []
+    assert engine.holds.release() == []
     [row] = run_rows(db)
     assert row.status == "skipped" and "max delay" in row.detail
     assert kind.executed == []
@@ -347,10 +347,10 @@ async def test_reload_after_apscheduler_dropped_a_finished_one_off(
     engine, kind = engine_for(contexts, db_url, tmp_path, clock, [once])
     await engine.start()
     await asyncio.wait_for(kind.event.wait(), 10)
-    assert engine._scheduler is not None
+    assert engine.waker.scheduler is not None
     # APScheduler removes a job whose trigger is exhausted; reload must cope with that.
-    [job_id] = engine._jobs
-    engine._scheduler.remove_job(job_id)
+    [job_id] = engine.waker.jobs
+    engine.waker.scheduler.remove_job(job_id)
     engine.ctx.config.campaigns = {}
     engine.reload()
     assert engine.specs == {}
@@ -377,12 +377,42 @@ async def test_dead_nodes_run_is_adopted_by_one_survivor(
     [claimed] = dead.claim_due(dead.specs.values())
     a, _ = engine_for(contexts, db_url, tmp_path, clock, [campaign], node="node-a")
     b, _ = engine_for(contexts, db_url, tmp_path, clock, [campaign], node="node-b")
-    dead._heartbeat_sync()
+    dead.heartbeat()
     clock.advance(timedelta(minutes=5))  # "dead" stopped beating; the survivors are alive
-    a._heartbeat_sync()
-    b._heartbeat_sync()
-    adopted = a._interrupted_runs() + b._interrupted_runs()
+    a.heartbeat()
+    b.heartbeat()
+    adopted = a.recovery.interrupted_runs() + b.recovery.interrupted_runs()
     assert adopted == [claimed.run_id]
     assert run_rows(db)[0].node in ("node-a", "node-b")
     # The former owner, back again, leaves the adopted run alone.
-    assert dead._interrupted_runs() == []
+    assert dead.recovery.interrupted_runs() == []
+
+
+async def test_claimed_runs_start_in_one_batch_and_paused_ones_are_held(
+        db: SaEngine, db_url: str, tmp_path: Path, contexts: list[ServiceContext]) -> None:
+    clock = FakeClock(T0)
+    campaigns = [FakeCampaign(f"c{i}", Schedule(cron="0 9 * * *")) for i in range(5)]
+    engine, kind = engine_for(contexts, db_url, tmp_path, clock, campaigns)
+    with db.begin() as conn:
+        pauses.add(conn, "c3", pauses.MANUAL, T0, detail="numbers late", by="test")
+    claimed = engine.claim_due(engine.specs.values())
+    assert {r.status for r in run_rows(db)} == {"pending"}  # the claim alone starts nothing
+    started = engine.claims.start_unpaused(claimed)
+    by_campaign = {c.spec.campaign: c for c in started}
+    assert by_campaign["c3"].started is None  # paused: the executor holds it
+    assert all(by_campaign[f"c{i}"].started is not None for i in (0, 1, 2, 4))
+    rows = {r.campaign: r for r in run_rows(db)}
+    assert {n: r.status for n, r in rows.items()} == {
+        "c0": "running", "c1": "running", "c2": "running", "c3": "pending", "c4": "running"}
+    assert rows["c0"].started_at is not None and rows["c3"].started_at is None
+    seen: list[tuple[str, str]] = []
+    engine.executor.on_started = lambda run, _at: seen.append((run.campaign, run.status))
+    for claimed_run in started:
+        await engine.executor.execute(claimed_run.run_id, started=claimed_run.started)
+    assert sorted(name for name, _id in kind.executed) == ["c0", "c1", "c2", "c4"]
+    assert sorted(seen) == [("c0", "running"), ("c1", "running"), ("c2", "running"),
+                            ("c4", "running")]
+    statuses = {r.campaign: r.status for r in run_rows(db)}
+    assert statuses == {"c0": "done", "c1": "done", "c2": "done", "c3": "held", "c4": "done"}
+    # A second node's start of the same runs moves nothing: they are not pending any more.
+    assert all(c.started is None for c in engine.claims.start_unpaused(claimed))

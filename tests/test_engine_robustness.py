@@ -90,7 +90,7 @@ def engine_for(contexts: list[ServiceContext], db_url: str, tmp_path: Path, cloc
     contexts.append(ctx)
     engine = Engine(ctx, make_registry(kind))
     engine.specs = engine.registry.specs(ctx.config)
-    engine.retry_first_s = 0.01  # real backoff waits stay tiny in tests
+    engine.executor.retry_first_s = 0.01  # real backoff waits stay tiny in tests
     return engine
 
 
@@ -149,7 +149,7 @@ async def test_outage_retry_stops_when_service_stops(
     kind = FlakyKind(*[outage()] * 100)
     engine = engine_for(contexts, db_url, tmp_path, FakeClock(T0), [FakeCampaign("c", DAILY)],
                         kind)
-    engine.retry_first_s = 30.0  # the stop must cut the backoff short
+    engine.executor.retry_first_s = 30.0  # the stop must cut the backoff short
     [claimed] = engine.claim_due(engine.specs.values())
     task = asyncio.create_task(engine.execute(claimed.run_id))
     await asyncio.wait_for(kind.event.wait(), 5)
@@ -185,7 +185,7 @@ async def test_database_blip_mid_newsletter_resumes_the_send(
             registry = Registry()
             registry.add_kind(NewsletterJob())
             engine = Engine(ctx, registry)
-            engine.retry_first_s = 0.01
+            engine.executor.retry_first_s = 0.01
             result = await engine.execute(run_id)
             with ctx.begin() as conn:
                 counts = ledger.counts(conn, run_id)
@@ -204,11 +204,18 @@ async def test_database_blip_mid_newsletter_resumes_the_send(
 
 async def test_bookkeeping_error_before_start_is_retried(
         db: SaEngine, db_url: str, tmp_path: Path, contexts: list[ServiceContext],
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     kind = RecorderKind()
     engine = engine_for(contexts, db_url, tmp_path, FakeClock(T0),
                         [FakeCampaign("weekly", Schedule(cron="0 9 * * MON"))], kind)
-    real = engine._hold_if_paused
+
+    def start_fails(*_args: Any) -> list[RunRow]:
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("database is locked"))
+
+    # The claim loop's batched start fails: each run's executor starts it instead, and its
+    # own first bookkeeping step fails too.
+    monkeypatch.setattr(run_store, "start", start_fails)
+    real = engine.executor.hold_if_paused
     calls = {"n": 0}
 
     def flaky(run: RunRow, spec: ScheduleSpec | None) -> bool:
@@ -217,7 +224,7 @@ async def test_bookkeeping_error_before_start_is_retried(
             raise sa.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
         return real(run, spec)
 
-    engine._hold_if_paused = flaky  # type: ignore[method-assign]
+    engine.executor.hold_if_paused = flaky  # type: ignore[method-assign]
     with caplog.at_level(logging.WARNING, logger="martech.engine"):
         await engine.start()
         await asyncio.wait_for(kind.event.wait(), 5)
@@ -234,7 +241,7 @@ async def test_error_recording_the_outcome_is_retried_without_rerunning_the_job(
     kind = RecorderKind()
     engine = engine_for(contexts, db_url, tmp_path, FakeClock(T0), [FakeCampaign("c", DAILY)],
                         kind)
-    real = engine._finish
+    real = engine.executor.finish
     calls = {"n": 0}
 
     def flaky(run_id: int, result: RunResult) -> None:
@@ -243,7 +250,7 @@ async def test_error_recording_the_outcome_is_retried_without_rerunning_the_job(
             raise outage()
         real(run_id, result)
 
-    engine._finish = flaky  # type: ignore[method-assign]
+    engine.executor.finish = flaky  # type: ignore[method-assign]
     [claimed] = engine.claim_due(engine.specs.values())
     result = await engine.execute(claimed.run_id)
     assert result is not None and result.status == "done"
@@ -279,8 +286,8 @@ async def test_interrupted_running_run_past_max_delay_is_skipped(
     engine = engine_for(contexts, db_url, tmp_path, clock, [FakeCampaign("c", DAILY)], kind)
     run_id = insert_run(engine, T0, status="running")
     clock.set(T0 + timedelta(days=2))  # max_delay defaults to 1 day
-    assert engine._interrupted_runs() == []
-    await engine._drain_abandoned()
+    assert engine.recovery.interrupted_runs() == []
+    await engine.recovery.drain_abandoned()
     [row] = run_rows(db)
     assert row.status == "skipped" and "max delay" in row.detail
     assert [(i, s) for i, s, _ in kind.abandoned] == [(run_id, "skipped")]
@@ -295,7 +302,7 @@ def test_interrupted_runs_within_limits_and_manual_runs_resume(
     running = insert_run(engine, T0, status="running")
     manual = insert_run(engine, T0 - timedelta(hours=5), trigger="manual", key="c#manual")
     clock.set(T0 + timedelta(hours=3, minutes=30))  # the grace is 1 h, max delay 1 day
-    assert sorted(engine._interrupted_runs()) == sorted([in_grace, running, manual])
+    assert sorted(engine.recovery.interrupted_runs()) == sorted([in_grace, running, manual])
     assert {r.status for r in run_rows(db)} == {"pending", "running"}
 
 
@@ -311,8 +318,8 @@ async def test_held_run_skipped_past_max_delay_calls_the_hook(
     clock.advance(timedelta(days=2))
     with engine.ctx.begin() as conn:
         pauses.remove(conn, "c", pauses.MANUAL, clock.now())
-    assert engine._release_held_sync() == []
-    await engine._drain_abandoned()
+    assert engine.holds.release() == []
+    await engine.recovery.drain_abandoned()
     assert [(i, s) for i, s, _ in kind.abandoned] == [(claimed.run_id, "skipped")]
     assert "max delay" in kind.abandoned[0][2]
 
@@ -344,7 +351,7 @@ async def test_held_release_race_two_nodes(
 
     monkeypatch.setattr(run_store, "by_status", slow_by_status)
     with ThreadPoolExecutor(2) as pool:
-        fa, fb = pool.submit(a._release_held_sync), pool.submit(b._release_held_sync)
+        fa, fb = pool.submit(a.holds.release), pool.submit(b.holds.release)
         got = [fa.result(), fb.result()]
     monkeypatch.setattr(run_store, "by_status", real)
     assert sorted(got) == [[], [run_id]]

@@ -155,7 +155,7 @@ async def _scenario(db: Engine, tmp_path: Path, site: HttpServer, smtp: SmtpServ
     for _ in range(2):
         assert await guard.tick() == ["website"]
         clock.advance(timedelta(seconds=5))
-    released = await ctx.in_thread(engine._release_held_sync)
+    released = await ctx.in_thread(engine.holds.release)
     assert released == [run_id]
     result = await engine.execute(run_id)
     assert result is not None and result.status == "done", result

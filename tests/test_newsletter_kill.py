@@ -1,6 +1,7 @@
 """Kill -9 a real ``martech send --now`` mid-campaign, restart, count mail at the server.
 
-DESIGN invariant 3: nobody is lost; only a row that was mid-transaction at the kill can be in
+ARCHITECTURE.md, invariant 3: nobody is lost; only a row that was mid-transaction at the kill
+can be in
 doubt — ``unknown`` under at_most_once (never re-sent), re-sent with the same Message-ID under
 at_least_once.
 """

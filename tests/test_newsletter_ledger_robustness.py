@@ -1,4 +1,5 @@
-"""Reviewer findings on the delivery ledger, as regression tests (DESIGN invariants 3 and 8).
+"""Reviewer findings on the delivery ledger, as regression tests (ARCHITECTURE.md, invariants 3
+and 8).
 
 A database blip while recording a batch must not lose its outcomes; a second sender on the same
 run must never re-queue another live sender's in-flight batch; a run abandoned by the engine

@@ -64,10 +64,10 @@ async def service(tmp_path: Path, db_url: str) -> AsyncIterator[Service]:
 
     task = asyncio.create_task(svc.run(load_and_validate(settings, registry)))
     for _ in range(500):
-        if svc.engine is not None and svc.engine._loops:
+        if svc.engine is not None and svc.engine.loops:
             break
         await asyncio.sleep(0.01)
-    assert svc.engine is not None and svc.engine._loops
+    assert svc.engine is not None and svc.engine.loops
     yield svc
     svc.request_stop()
     assert await asyncio.wait_for(task, 10) == 0

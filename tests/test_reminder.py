@@ -184,12 +184,12 @@ async def test_reminder_held_by_down_check_then_released_saying_why(db: SaEngine
         (run,) = h.runs()
         assert run.status == "held" and "guard:landing-page" in run.detail
         assert hook.delivered == [] and h.outbox_rows() == []
-        assert h.engine._release_held_sync() == []  # still paused: stays held
+        assert h.engine.holds.release() == []  # still paused: stays held
 
         h.clock.set(POST_AT - timedelta(minutes=35))
         with h.ctx.begin() as conn:  # … and recover
             pauses.remove(conn, CAMPAIGN, "guard:landing-page", h.clock.now())
-        ready = h.engine._release_held_sync()
+        ready = h.engine.holds.release()
         assert ready == [run.id]
         await h.engine.execute(run.id)
         await deliver_due(h.ctx, 10)
@@ -242,7 +242,7 @@ async def test_restart_mid_series_sends_nothing_twice(db: SaEngine, tmp_path: Pa
         # record the run as done or send anything.
         h.clock.set(POST_AT - timedelta(hours=1))
         (claimed,) = h.engine.claim_due(list(h.engine.specs.values()))
-        run = h.engine._load_run(claimed.run_id)
+        run = h.engine.executor.load_run(claimed.run_id)
         assert run is not None
         campaign = h.ctx.config.campaigns[CAMPAIGN]
         with h.ctx.begin() as conn:
@@ -252,7 +252,7 @@ async def test_restart_mid_series_sends_nothing_twice(db: SaEngine, tmp_path: Pa
 
         # Restart: a new context and engine on the same database, a few minutes later.
         h2 = harness(db, tmp_path, cfg, POST_AT - timedelta(minutes=55))
-        interrupted = h2.engine._interrupted_runs()
+        interrupted = h2.engine.recovery.interrupted_runs()
         assert interrupted == [run.id]
         for run_id in interrupted:
             await h2.engine.execute(run_id)

@@ -1,4 +1,5 @@
-"""Next-fire-time tables for the pure schedule maths, DST included (DESIGN invariant 2)."""
+"""Next-fire-time tables for the pure schedule maths, DST included (ARCHITECTURE.md, invariant
+2)."""
 
 from __future__ import annotations
 

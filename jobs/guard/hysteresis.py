@@ -1,6 +1,6 @@
 """Pure verdict logic: down after N failures in a row (or N of the last M), up after K successes.
 
-No I/O here, so every sequence can be table-tested (DESIGN invariant 5).
+No I/O here, so every sequence can be table-tested (ARCHITECTURE.md, invariant 5).
 """
 
 from __future__ import annotations

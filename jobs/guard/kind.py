@@ -1,13 +1,13 @@
 """The IT health guard: checks of the hosting, verdicts with hysteresis, campaigns paused and
-resumed by it (DESIGN invariants 4, 5). The pieces live in sibling modules:
+resumed by it (ARCHITECTURE.md, invariants 4, 5). The pieces live in sibling modules:
 
-- ``jobs/checks/*``        probes (http, tcp, dns, smtp, tls), each step under a timeout
-- ``guard_hysteresis``     pure verdict logic
-- ``guard_targets``        which campaigns a check or maintenance window covers
-- ``guard_decide``         one transaction per decision: results, verdicts, pauses, alerts
-- ``guard_alerts``         e-mail and webhook alert rendering, outbox enqueueing
-- ``guard_runner``         scheduling: intervals, retries, concurrency bound, no overlap
-- ``guard_cli``            ``martech checks`` and ``martech metrics``
+- ``checks/*``      probes (http, tcp, dns, smtp, tls), each step under a timeout
+- ``hysteresis``    pure verdict logic
+- ``targets``       which campaigns a check or maintenance window covers
+- ``decide``        one transaction per decision: results, verdicts, pauses, alerts
+- ``alerts``        e-mail and webhook alert rendering, outbox enqueueing
+- ``runner``        scheduling: intervals, retries, concurrency bound, no overlap
+- ``cli``           ``martech checks`` and ``martech metrics``
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Whose ``sending`` rows may a newcomer resolve? Only a dead claimer's (DESIGN invariants 3, 8).
+"""Whose ``sending`` rows may a newcomer resolve? Only a dead claimer's (ARCHITECTURE.md,
+invariants 3, 8).
 
 A ``sending`` row is a batch some sender claimed and has not recorded yet. Re-queueing (or
 marking ``unknown``) a *live* sender's batch would mail those recipients twice, so a sender

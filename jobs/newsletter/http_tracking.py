@@ -1,4 +1,5 @@
-"""``/c/<token>`` (click redirect) and ``/o/<token>.gif`` (open pixel), DESIGN invariant 9.
+"""``/c/<token>`` (click redirect) and ``/o/<token>.gif`` (open pixel) (ARCHITECTURE.md,
+invariant 9).
 
 A click only redirects to the URL inside a genuine HMAC-signed token, and only to http(s):
 anything forged, altered or unsafe gets a 400 with no Location. Each click records a

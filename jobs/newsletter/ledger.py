@@ -1,4 +1,5 @@
-"""The delivery ledger (DESIGN invariant 3): one row per recipient before anything is sent.
+"""The delivery ledger (ARCHITECTURE.md, invariant 3): one row per recipient before anything is
+sent.
 
 pending → sending → sent | failed | bounced | unknown (and ``skipped`` for suppressed rows).
 A batch is claimed (``sending``) in one transaction and its outcomes are recorded in one more;

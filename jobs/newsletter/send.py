@@ -1,6 +1,7 @@
 """The send loop of one newsletter run: materialise, then claim → send → record, per batch.
 
-DESIGN invariants 3 and 4: every recipient is a ledger row before anything is sent; a batch's
+ARCHITECTURE.md, invariants 3 and 4: every recipient is a ledger row before anything is sent; a
+batch's
 outcomes are committed in one transaction; pause state is re-read between batches. Counts for
 reports live in ``runs.stats`` (updated every batch); bounces and failures are also
 ``tracking_events`` rows naming the recipient.

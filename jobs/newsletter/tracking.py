@@ -1,4 +1,4 @@
-"""Click and open tracking in a rendered HTML part (DESIGN invariant 9).
+"""Click and open tracking in a rendered HTML part (ARCHITECTURE.md, invariant 9).
 
 Applied to the *rendered* HTML of one recipient, after UTM tagging, so the fast and the full
 Jinja render paths stay byte-identical (both hand over the same HTML). Per recipient this is

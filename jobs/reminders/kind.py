@@ -157,32 +157,42 @@ class PostReminderKind:
         rows = [(t, self._payload(t, campaign, view, post_at, subject, text, html, run.id))
                 for t in campaign.notify]
 
-        def _enqueue() -> tuple[int, datetime | None]:
-            queued = 0
-            with ctx.begin() as conn:
-                late_done = done_at(conn, campaign.name, occurrence)
-                if late_done is not None:  # marked done while we were checking the link
-                    return 0, late_done
-                if view.link_broken and not has_event(conn, "link_broken", run.id):
-                    event(conn, "link_broken", campaign.name, now, run_id=run.id,
-                          url=post.link, detail=f"{occurrence}: {view.link_status}")
-                for target, (channel, address, payload) in rows:
-                    row_id = outbox_store.enqueue(
-                        conn, topic="reminder", channel=channel, target=address,
-                        payload=payload, now=now,
-                        dedupe_key=f"reminder:{run.id}:{target_key(target)}")
-                    queued += row_id is not None
-            return queued, None
-
-        queued, late_done = await ctx.in_thread(_enqueue)
+        queued, late_done = await ctx.in_thread(
+            self._enqueue, ctx, campaign, run, occurrence, view, rows, now)
         if late_done is not None:
             return RunResult("skipped", f"post {occurrence} marked done before sending",
                              {"post_id": occurrence})
-
         outbox.wake(ctx)
-        stats = {"post_id": occurrence, "lead": lead_name, "targets": len(rows),
+        return self._result(campaign, run, occurrence, lead_name, view, len(rows), queued, note)
+
+    @staticmethod
+    def _enqueue(ctx: ServiceContext, campaign: PostReminderCampaign, run: RunRow,
+                 occurrence: str, view: ReminderView,
+                 rows: list[tuple[NotifyTarget, tuple[str, str, dict[str, Any]]]],
+                 now: datetime) -> tuple[int, datetime | None]:
+        """One transaction: every target's outbox row, deduplicated per run and target."""
+        queued = 0
+        with ctx.begin() as conn:
+            late_done = done_at(conn, campaign.name, occurrence)
+            if late_done is not None:  # marked done while we were checking the link
+                return 0, late_done
+            if view.link_broken and not has_event(conn, "link_broken", run.id):
+                event(conn, "link_broken", campaign.name, now, run_id=run.id,
+                      url=view.link, detail=f"{occurrence}: {view.link_status}")
+            for target, (channel, address, payload) in rows:
+                row_id = outbox_store.enqueue(
+                    conn, topic="reminder", channel=channel, target=address,
+                    payload=payload, now=now,
+                    dedupe_key=f"reminder:{run.id}:{target_key(target)}")
+                queued += row_id is not None
+        return queued, None
+
+    @staticmethod
+    def _result(campaign: PostReminderCampaign, run: RunRow, occurrence: str, lead_name: str,
+                view: ReminderView, targets: int, queued: int, note: str | None) -> RunResult:
+        stats = {"post_id": occurrence, "lead": lead_name, "targets": targets,
                  "queued": queued, "link_broken": view.link_broken, "held": note is not None}
-        detail = f"reminder {lead_name} before {occurrence} queued for {len(rows)} target(s)"
+        detail = f"reminder {lead_name} before {occurrence} queued for {targets} target(s)"
         if view.link_broken:
             detail += f"; LINK BROKEN ({view.link_status})"
         if note:

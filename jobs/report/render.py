@@ -72,6 +72,7 @@ def change_class(value: float | None, good: str = "up") -> str:
 def render_html(report: Report, templates_dir: Path, images: dict[str, bytes], *,
                 cid: bool = False, report_links: dict[str, str] | None = None) -> str:
     """The HTML report; charts inline (``data:`` PNG) or, for e-mail, as ``cid:`` refs.
+    Templates run sandboxed with autoescape (ARCHITECTURE.md, invariant 9: no code in content).
 
     :raises TemplateError: if the report template is missing or broken.
     """

@@ -33,7 +33,7 @@ class Source:
 
 @dataclass
 class LoadedConfig:
-    """A validated configuration: what should happen (ARCHITECTURE.md, "Invariants" 1)."""
+    """A validated configuration: what should happen (ARCHITECTURE.md, invariant 1)."""
 
     config_dir: Path
     types: CampaignTypes | None = field(default=None, repr=False, compare=False)

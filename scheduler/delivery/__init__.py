@@ -1,1 +1,2 @@
-"""One pipeline, several ends (DESIGN invariant 7): render → message → SMTP | file | console."""
+"""One pipeline, several ends (ARCHITECTURE.md, invariant 7): render → message → SMTP | file |
+console."""

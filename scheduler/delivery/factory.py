@@ -1,4 +1,4 @@
-"""Pick the configured end of the pipeline (ARCHITECTURE.md, "Invariants" 7)."""
+"""Pick the configured end of the pipeline (ARCHITECTURE.md, invariant 7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HMAC-signed tokens for links in e-mails (DESIGN invariant 9): unsubscribe, click, open.
+"""HMAC-signed tokens for links in e-mails (ARCHITECTURE.md, invariant 9): unsubscribe, click, open.
 
 A token is ``base64url(payload).base64url(mac)``; the MAC covers a purpose string so a click
 token can never be replayed as an unsubscribe token. Verification is constant-time.

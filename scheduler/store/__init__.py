@@ -1,1 +1,2 @@
-"""The store: what did happen (DESIGN invariant 1). Tables, migrations, and small repositories."""
+"""The store: what did happen (ARCHITECTURE.md, invariant 1). Tables, migrations, and small
+repositories."""

@@ -1,4 +1,5 @@
-"""Check results (raw evidence) and check state (the guard's verdict), kept apart (DESIGN 5)."""
+"""Check results (raw evidence) and check state (the guard's verdict), kept apart
+(ARCHITECTURE.md, invariant 5)."""
 
 from __future__ import annotations
 

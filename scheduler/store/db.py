@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
+
+from scheduler.store.tables import metadata
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 CONNECT_TIMEOUT_S = 10
+# pg_advisory_lock key every node takes around its migrations. Any constant works as long as
+# all releases agree on it: it is "martech\x01" read as a big-endian 64-bit integer.
+MIGRATION_LOCK_KEY = 0x6D61727465636801
+# What autogenerate compares, shared by env.py (`alembic revision --autogenerate`) and
+# schema_diff (the drift test), so both see the same differences.
+COMPARE_OPTIONS: dict[str, Any] = {"compare_type": True}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -72,15 +85,60 @@ def alembic_config(url: str) -> AlembicConfig:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply migrations up to ``revision`` on ``engine``."""
+    """Apply migrations up to ``revision`` on ``engine``; concurrent callers migrate once."""
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
+    with engine.connect() as conn, _migration_lock(conn), conn.begin():
+        # SQLite needs no lock of its own: this BEGIN is BEGIN IMMEDIATE (make_engine), so a
+        # second upgrader waits for the first to commit, then finds nothing to do.
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 
 
-def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
+@contextmanager
+def _migration_lock(conn: sa.Connection) -> Iterator[None]:
+    """On PostgreSQL, hold the migration advisory lock on ``conn`` (a session lock).
 
+    Issue 9: nodes starting together on an empty database all ran 0001, and the losers died on
+    pg_type's unique index. Behind the lock the later ones read the version table only after
+    the first committed. A session lock rather than pg_advisory_xact_lock so that a future
+    migration using autocommit_block (CREATE INDEX CONCURRENTLY) cannot release it midway.
+    """
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    key = {"key": MIGRATION_LOCK_KEY}
+    if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
+        # Says why a starting node sits still: it is not hung, it waits for another's migration.
+        log.info("another node is migrating the database; waiting for it to finish")
+        conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), key)
+    conn.commit()
+    try:
+        yield
+    finally:
+        # An invalidated connection has lost its session, and the server its lock with it.
+        if not conn.invalidated:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), key)
+            conn.commit()
+
+
+def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    """The newest revision this code ships."""
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
+
+
+def needs_upgrade(engine: Engine) -> bool:
+    """True unless the database is at this code's head (empty, behind, or from a newer release)."""
+    return current_revision(engine) != head_revision()
+
+
+def schema_diff(engine: Engine) -> list[Any]:
+    """How the database differs from the models (tables.py), as `alembic check` reports it."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts=COMPARE_OPTIONS)
+        diff: list[Any] = compare_metadata(context, metadata)
+        return diff

@@ -18,7 +18,7 @@ def insert_for(conn: sa.Connection, table: sa.Table) -> Any:
 
 
 def skip_locked(conn: sa.Connection, select: sa.Select[Any]) -> sa.Select[Any]:
-    """Rows claimed by another node are skipped on PostgreSQL (DESIGN invariant 8).
+    """Rows claimed by another node are skipped on PostgreSQL (ARCHITECTURE.md, invariant 8).
 
     SQLite has one writer at a time (``BEGIN IMMEDIATE``), which gives the same exclusivity.
     """

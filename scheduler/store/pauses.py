@@ -1,7 +1,8 @@
-"""Pause reasons (DESIGN invariant 4): a campaign sends only while it has none."""
+"""Pause reasons (ARCHITECTURE.md, invariant 4): a campaign sends only while it has none."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -66,6 +67,15 @@ def reasons(conn: sa.Connection, campaign: str) -> list[Pause]:
 def is_paused(conn: sa.Connection, campaign: str) -> bool:
     stmt = sa.select(sa.literal(1)).where(pauses.c.campaign == campaign).limit(1)
     return conn.execute(stmt).first() is not None
+
+
+def paused_among(conn: sa.Connection, campaigns: Iterable[str]) -> set[str]:
+    """Which of ``campaigns`` have a pause reason now (one query for a whole claim batch)."""
+    names = sorted(set(campaigns))
+    if not names:
+        return set()
+    stmt = sa.select(pauses.c.campaign).distinct().where(pauses.c.campaign.in_(names))
+    return {row[0] for row in conn.execute(stmt)}
 
 
 def all_reasons(conn: sa.Connection) -> dict[str, list[Pause]]:

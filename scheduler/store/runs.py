@@ -58,7 +58,7 @@ def claim(conn: sa.Connection, claims: Sequence[Claim], node: str, now: datetime
     """Insert run rows; return ``{(schedule_key, scheduled_at): run_id}`` for those we won.
 
     A conflict on either unique constraint (occurrence or local slot) is a silent no-op:
-    another node, or an earlier catch-up, owns that occurrence (DESIGN invariant 2).
+    another node, or an earlier catch-up, owns that occurrence (ARCHITECTURE.md, invariant 2).
     """
     if not claims:
         return {}
@@ -82,6 +82,20 @@ def claim(conn: sa.Connection, claims: Sequence[Claim], node: str, now: datetime
     for row in conn.execute(stmt, rows):
         won[(row.schedule_key, utc(row.scheduled_at))] = row.id
     return won
+
+
+def start(conn: sa.Connection, run_ids: Sequence[int], node: str, now: datetime) -> set[int]:
+    """Move pending runs owned by ``node`` to running; return the ids that moved.
+
+    Conditional on status and owner, like every run move, so a run someone else moved
+    meanwhile is left alone (and not returned).
+    """
+    if not run_ids:
+        return set()
+    stmt = (sa.update(runs)
+            .where(runs.c.id.in_(list(run_ids)), runs.c.status == "pending", runs.c.node == node)
+            .values(status="running", started_at=now).returning(runs.c.id))
+    return set(conn.execute(stmt).scalars())
 
 
 def cursors(conn: sa.Connection, keys: Iterable[str] | None = None) -> dict[str, datetime]:

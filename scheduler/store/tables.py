@@ -1,4 +1,5 @@
-"""Every table. Uniqueness constraints carry the invariants (DESIGN 2, 3, 4)."""
+"""Every table. Uniqueness constraints carry the invariants (ARCHITECTURE.md, invariants 2, 3,
+4)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ pauses = sa.Table(
     sa.Column("by", sa.String(200)),
 )
 
-# Raw evidence, kept apart from the verdict (DESIGN invariant 5).
+# Raw evidence, kept apart from the verdict (ARCHITECTURE.md, invariant 5).
 check_results = sa.Table(
     "check_results",
     metadata,

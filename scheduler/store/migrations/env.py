@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
+from scheduler.store.db import COMPARE_OPTIONS, make_engine
 from scheduler.store.tables import metadata
 
 config = context.config
@@ -13,8 +14,6 @@ config = context.config
 def run() -> None:
     connection = config.attributes.get("connection")
     if connection is None:
-        from scheduler.store.db import make_engine
-
         engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
         with engine.begin() as conn:
             _migrate(conn)
@@ -27,7 +26,7 @@ def _migrate(connection: sa.Connection) -> None:
         connection=connection,
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
-        compare_type=True,
+        **COMPARE_OPTIONS,
     )
     context.run_migrations()
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 04:05:48.645534
+Create Date: 2026-11-23 02:31:37.069186
 """
 
 from __future__ import annotations
@@ -143,7 +143,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('tracking_events', schema=None) as batch_op:
         batch_op.create_index('ix_tracking_events_campaign_at', ['campaign', 'at'], unique=False)
-        batch_op.create_index('ix_tracking_events_delivery_kind', ['delivery_id', 'kind'], unique=False)
 
     op.create_table('deliveries',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
@@ -176,7 +175,6 @@ def downgrade() -> None:
 
     op.drop_table('deliveries')
     with op.batch_alter_table('tracking_events', schema=None) as batch_op:
-        batch_op.drop_index('ix_tracking_events_delivery_kind')
         batch_op.drop_index('ix_tracking_events_campaign_at')
 
     op.drop_table('tracking_events')

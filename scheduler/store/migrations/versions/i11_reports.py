@@ -1,7 +1,7 @@
 """reports: event signals, incidents, rollups
 
 Revision ID: i11_reports
-Revises: 0001 (0002 did not exist in this tree; chain it after 0002 at merge)
+Revises: 0002
 Create Date: 2026-12-01 18:53:31.713541
 """
 
@@ -14,7 +14,7 @@ import scheduler.store.types
 
 
 revision = 'i11_reports'
-down_revision = '0001'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 

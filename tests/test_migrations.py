@@ -1,0 +1,201 @@
+"""Migrations cannot drift: head matches tables.py, old databases catch up, nodes migrate once.
+
+Every test runs on SQLite and, when MARTECH_TEST_DATABASE_URL is set, on PostgreSQL in a
+schema of its own (conftest's empty_db_url); an unreachable server errors, it never skips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pprint
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.util import CommandError
+from sqlalchemy.engine import Engine
+
+from scheduler.store.db import (
+    MIGRATION_LOCK_KEY,
+    MIGRATIONS_DIR,
+    alembic_config,
+    current_revision,
+    head_revision,
+    make_engine,
+    needs_upgrade,
+    schema_diff,
+    upgrade,
+)
+from tests.conftest import REPO
+
+# Released migrations, byte for byte. A database stamped with a revision has exactly what that
+# file created when it ran; editing the file later changes nothing there (issue 8 point 5:
+# 0001 gained an index after shipping). Change the schema in a new revision, then pin it here.
+RELEASED = {
+    "0001_initial_schema.py":
+        "a7767bd6a346c024d56546497b07cb0a3095db5d08e9aafd7290af43e4c4e749",
+    "0002_tracking_events_delivery_kind.py":
+        "aaa8dfaed4381ab4304ea8ec8dcca7b3453c4fb2020baf03310e50a0c56b0f40",
+    "i11_reports.py":
+        "48f559f6fb71964bb39c0a3ad0f022ffa974806c19a11ea6e4fbf7dda8ff713e",
+}
+ADDED_BY_0002 = "ix_tracking_events_delivery_kind"
+
+
+@pytest.fixture
+def empty_db(empty_db_url: str) -> Iterator[Engine]:
+    engine = make_engine(empty_db_url)
+    yield engine
+    engine.dispose()
+
+
+def assert_no_drift(engine: Engine) -> None:
+    diff = schema_diff(engine)
+    assert not diff, "migrations and scheduler/store/tables.py disagree:\n" + "\n".join(
+        pprint.pformat(d) for d in diff
+    )
+
+
+def _downgrade(engine: Engine, revision: str) -> None:
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+def _key(change: Any) -> str:
+    """One difference as text, comparable between two diffs (the models' objects by name)."""
+    if isinstance(change, list):
+        return "; ".join(_key(c) for c in change)
+    return repr(tuple(getattr(part, "name", part) for part in change))
+
+
+def _missing_indexes(diff: list[Any], later: list[Any]) -> list[str]:
+    """The names of indexes the database lacks beyond ``later`` (the diff at 0002: what the
+    revisions after 0002 add); any other kind of difference fails."""
+    after = {_key(d) for d in later}
+    assert after <= {_key(d) for d in diff}, "what 0002 lacks must be missing at 0001 too"
+    extra = [d for d in diff if _key(d) not in after]
+    assert all(isinstance(d, tuple) and d[0] == "add_index" for d in extra), extra
+    return [d[1].name for d in extra]
+
+
+def test_released_migrations_are_never_edited() -> None:
+    versions = MIGRATIONS_DIR / "versions"
+    shipped = {p.name for p in versions.glob("*.py")}
+    assert shipped == set(RELEASED), "a new revision: add it (and its sha256) to RELEASED"
+    for name, digest in RELEASED.items():
+        actual = hashlib.sha256((versions / name).read_bytes()).hexdigest()
+        assert actual == digest, f"{name} was released; add a new revision instead of editing it"
+
+
+def test_head_matches_the_models(empty_db: Engine) -> None:
+    upgrade(empty_db)
+    assert current_revision(empty_db) == head_revision()
+    assert_no_drift(empty_db)
+
+
+def test_a_database_at_first_shipped_0001_catches_up(empty_db: Engine) -> None:
+    upgrade(empty_db, "0001")
+    at_0001 = schema_diff(empty_db)
+    upgrade(empty_db, "0002")
+    # 0001 is what first shipped: it lacks the index that was later written into it.
+    assert _missing_indexes(at_0001, schema_diff(empty_db)) == [ADDED_BY_0002]
+    upgrade(empty_db)
+    assert current_revision(empty_db) == head_revision()
+    assert_no_drift(empty_db)
+
+
+def test_a_database_from_the_rewritten_0001_catches_up(empty_db: Engine) -> None:
+    # Created between the rewrite and 0002: stamped 0001 but already has the index.
+    upgrade(empty_db, "0001")
+    with empty_db.begin() as conn:
+        conn.execute(sa.text(f"CREATE INDEX {ADDED_BY_0002} ON tracking_events(delivery_id, kind)"))
+    upgrade(empty_db)
+    assert current_revision(empty_db) == head_revision()
+    assert_no_drift(empty_db)
+
+
+def test_0002_downgrades_to_first_shipped_0001(empty_db: Engine) -> None:
+    upgrade(empty_db, "0002")
+    at_0002 = schema_diff(empty_db)
+    upgrade(empty_db)
+    _downgrade(empty_db, "0001")
+    assert _missing_indexes(schema_diff(empty_db), at_0002) == [ADDED_BY_0002]
+
+
+def test_needs_upgrade_until_at_head(empty_db: Engine) -> None:
+    assert needs_upgrade(empty_db)
+    upgrade(empty_db, "0001")
+    assert needs_upgrade(empty_db)
+    upgrade(empty_db)
+    assert not needs_upgrade(empty_db)
+
+
+def _lock_is_free(engine: Engine) -> bool:
+    # Another engine: engine's pool may hand back upgrade's own session, which would get the
+    # (re-entrant) lock even if upgrade had leaked it.
+    other = make_engine(engine.url.render_as_string(hide_password=False))
+    key = {"key": MIGRATION_LOCK_KEY}
+    try:
+        with other.connect() as conn:
+            got = bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), key).scalar())
+            if got:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), key)
+            return got
+    finally:
+        other.dispose()
+
+
+def test_upgrade_releases_the_migration_lock(empty_db: Engine) -> None:
+    if empty_db.dialect.name != "postgresql":
+        pytest.skip("the advisory lock is PostgreSQL's; SQLite serialises on BEGIN IMMEDIATE")
+    with pytest.raises(CommandError):
+        upgrade(empty_db, "no-such-revision")
+    assert _lock_is_free(empty_db)
+    upgrade(empty_db)
+    assert _lock_is_free(empty_db)
+
+
+# Each node connects first, then waits for "go" on stdin, so the upgrades start together.
+_NODE = """
+import sys
+from scheduler.store.db import make_engine, upgrade
+engine = make_engine(sys.argv[1])
+engine.connect().close()
+print("ready", flush=True)
+sys.stdin.readline()
+upgrade(engine)
+"""
+
+
+def test_three_nodes_starting_together_migrate_once(empty_db_url: str) -> None:
+    # Issue 9: without the advisory lock two of three die on pg_type_typname_nsp_index.
+    nodes = [
+        subprocess.Popen([sys.executable, "-c", _NODE, empty_db_url], cwd=REPO, text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    try:
+        for node in nodes:
+            assert node.stdout is not None and node.stdout.readline().strip() == "ready"
+        for node in nodes:
+            assert node.stdin is not None
+            node.stdin.write("go\n")
+            node.stdin.flush()
+        results = [node.communicate(timeout=60) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    failed = [err for node, (_out, err) in zip(nodes, results, strict=True) if node.returncode]
+    assert not failed, "\n---\n".join(failed)
+    engine = make_engine(empty_db_url)
+    try:
+        assert current_revision(engine) == head_revision()
+        assert_no_drift(engine)
+    finally:
+        engine.dispose()
