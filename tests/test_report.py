@@ -7,6 +7,8 @@ import csv
 import io
 import json
 import re
+import subprocess
+import sys
 from datetime import timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -25,6 +27,7 @@ from scheduler.delivery.notify import build_notification
 from scheduler.outbox import _images
 from scheduler.settings import Settings
 from scheduler.store.tables import check_results, outbox, tracking_events
+from tests.conftest import REPO
 from tests.report_fixtures import SINCE, UNTIL, URL1, URL2, fill, make_setup, request
 
 Setup = tuple[LoadedConfig, Settings, ReportCampaign]
@@ -171,3 +174,13 @@ def test_email_is_multipart_related_with_every_cid(db: Engine, setup: Setup) -> 
     assert set(attached) == cids
     assert all(png.startswith(b"\x89PNG") for png in attached.values())
     assert "data:image" not in html_part.get_content()
+
+
+def test_the_cli_starts_without_matplotlib() -> None:
+    # Every martech command builds the whole registry; matplotlib and numpy would add 0.5-1.3 s
+    # to each, enough for `martech send --now` to finish before a `martech pause` lands.
+    probe = ("import sys; import martech.cli; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'matplotlib', 'numpy'}))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
