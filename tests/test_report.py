@@ -17,11 +17,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from jobs.report.checkstats import check_rules
 from jobs.report.config import ReportCampaign
 from jobs.report.model import Report
-from jobs.report.produce import build, produce
-from jobs.report.retention import Ages, catch_up
+from jobs.report.produce import Request, build, produce
+from jobs.report.retention import Ages, catch_up, rules_of
 from scheduler.config.loader import LoadedConfig
 from scheduler.delivery.notify import build_notification
 from scheduler.outbox import _images
@@ -105,8 +104,7 @@ def test_figures_table(db: Engine, setup: Setup) -> None:
 def test_rollup_and_pruning_change_no_figure(db: Engine, setup: Setup) -> None:
     before = _report(db, setup).to_json()
     config, _settings, _report_cfg = setup
-    rules = check_rules(config, SINCE - timedelta(days=7), UNTIL)
-    catch_up(db, rules, UNTIL, Ages(raw=timedelta(hours=1), hourly=timedelta(days=1)))
+    catch_up(db, rules_of(config), UNTIL, Ages(raw=timedelta(hours=1), hourly=timedelta(days=1)))
     with db.connect() as conn:
         left = conn.execute(sa.select(sa.func.count()).select_from(check_results)).scalar()
         opens = conn.execute(sa.select(sa.func.count()).where(
@@ -118,6 +116,17 @@ def test_rollup_and_pruning_change_no_figure(db: Engine, setup: Setup) -> None:
     for a, b in zip(after["campaigns"], before["campaigns"], strict=True):
         assert a["figures"] == b["figures"] and a["top_links"] == b["top_links"]
     assert after["machine_agents"] == {}  # agent names are not kept in aggregates
+
+
+def test_a_short_report_rolls_up_with_every_maintenance_window(db: Engine, setup: Setup
+                                                               ) -> None:
+    # A report rolls up every complete hour before now, not only its own period's: each
+    # chunk must be rolled up with that chunk's maintenance windows (here 20 Nov, 22:00-24:00).
+    config, _settings, _report_cfg = setup
+    short = Request("short", [], timedelta(hours=1), SINCE + timedelta(hours=1), ["json"], "UTC")
+    produce(config, db, short, UNTIL)
+    website = {c.name: c for c in _report(db, setup).checks}["website"]
+    assert (website.seconds["maintenance"], website.seconds["fail"]) == (7200.0, 1800.0)
 
 
 def test_outputs_agree(db: Engine, setup: Setup) -> None:
@@ -184,3 +193,4 @@ def test_the_cli_starts_without_matplotlib() -> None:
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "[]"
+

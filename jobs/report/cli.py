@@ -9,10 +9,9 @@ from typing import Any
 
 import click
 
-from jobs.report.checkstats import check_rules
 from jobs.report.config import REPORT_FORMATS, ReportCampaign
 from jobs.report.produce import Request, build
-from jobs.report.retention import Ages, catch_up
+from jobs.report.retention import Ages, catch_up, rules_of
 from scheduler.cli import friendly_errors
 from scheduler.clock import SystemClock
 from scheduler.durations import parse_duration
@@ -91,9 +90,9 @@ def add_commands(group: click.Group) -> None:
             config = state.config()
             now = SystemClock().now()
             s = state.settings
-            steps = catch_up(state.db(), check_rules(config, now - timedelta(days=2), now), now,
-                             Ages(timedelta(seconds=s.retention_raw_age_s),
-                                  timedelta(seconds=s.retention_hourly_age_s)))
+            ages = Ages(timedelta(seconds=s.retention_raw_age_s),
+                        timedelta(seconds=s.retention_hourly_age_s))
+            steps = catch_up(state.db(), rules_of(config), now, ages)
             click.echo(f"rolled up {steps} chunk(s)")
 
         _go()

@@ -14,7 +14,7 @@ from jobs.report.config import ReportCampaign
 from jobs.report.data import Scope, gather
 from jobs.report.export import recipients_csv
 from jobs.report.model import Report
-from jobs.report.retention import catch_up
+from jobs.report.retention import catch_up, rules_of
 from scheduler.config.loader import LoadedConfig
 from scheduler.settings import Settings
 from scheduler.store import outbox
@@ -52,7 +52,7 @@ def scope_of(config: LoadedConfig, req: Request) -> Scope:
 def produce(config: LoadedConfig, db: Any, req: Request, now: datetime) -> Report:
     """Bring the aggregates up to date, then read the report (one transaction)."""
     scope = scope_of(config, req)
-    catch_up(db, scope.rules, now)
+    catch_up(db, rules_of(config), now)
     with db.begin() as conn:
         return gather(conn, scope, now)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from jobs.report import checkstats, eventstats
 from jobs.report.checkstats import CheckRules, check_rules
 from jobs.report.sqlx import truncate
 from jobs.report.tiers import DAY, EPOCH, Cursors, floor_day, floor_hour, read_cursors
+from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
 from scheduler.store.dialect import insert_for
 from scheduler.store.tables import (
@@ -37,6 +39,12 @@ from scheduler.store.tables import (
 
 log = logging.getLogger("martech.retention")
 CHUNK = timedelta(days=1)  # one transaction rolls up at most a day of raw rows
+RulesFor = Callable[[datetime, datetime], CheckRules]
+
+
+def rules_of(config: LoadedConfig) -> RulesFor:
+    """The check rules of any span, from the config (caps; the maintenance windows in it)."""
+    return functools.partial(check_rules, config)
 
 
 @dataclass(frozen=True)
@@ -70,8 +78,12 @@ def _earliest(conn: sa.Connection, col: Any) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
-def roll_checks(conn: sa.Connection, rules: CheckRules, now: datetime) -> datetime | None:
-    """Roll up the next chunk of complete hours of check results; return the new cursor."""
+def roll_checks(conn: sa.Connection, rules_for: RulesFor, now: datetime) -> datetime | None:
+    """Roll up the next chunk of complete hours of check results; return the new cursor.
+
+    The rules (caps, maintenance windows) are the chunk's own: a backlog of a year rolled up
+    with one week's windows would count the other weeks' maintenance as downtime.
+    """
     cur = _lock(conn, "checks")
     start = cur.rolled
     if start == EPOCH:
@@ -80,7 +92,10 @@ def roll_checks(conn: sa.Connection, rules: CheckRules, now: datetime) -> dateti
             return None
         start = floor_hour(first)
     end = min(floor_hour(now), start + CHUNK)
-    if end <= start or not rules.cap_s:
+    if end <= start:
+        return None
+    rules = rules_for(start, end)
+    if not rules.cap_s:
         return None
     rows = [{"check_name": name, "grain": "hour", "start": _as_dt(bucket), "state": state,
              "secs": float(secs or 0.0), "n": int(n), "fails": int(fails or 0)}
@@ -221,16 +236,17 @@ def prune(conn: sa.Connection, source: str, now: datetime, ages: Ages) -> dict[s
     return deleted
 
 
-def catch_up(db: Any, rules: CheckRules, now: datetime, ages: Ages | None = None,
+def catch_up(db: Any, rules_for: RulesFor, now: datetime, ages: Ages | None = None,
              max_steps: int = 100_000) -> int:
     """Roll up everything complete before ``now`` (and prune when ``ages``); return steps.
+    ``rules_for(start, end)``: the check rules for a chunk (:func:`rules_of` a config).
 
     One transaction per chunk, so a long backlog (a year after an upgrade) never holds a
     lock for long and a crash loses at most the chunk in progress.
     """
     steps = 0
     stages: list[Callable[[sa.Connection], datetime | None]] = [
-        lambda c: roll_checks(c, rules, now), lambda c: roll_events(c, now),
+        lambda c: roll_checks(c, rules_for, now), lambda c: roll_events(c, now),
         lambda c: roll_days(c, "checks"), lambda c: roll_days(c, "events")]
     for step in stages:
         while steps < max_steps:
@@ -260,8 +276,7 @@ async def run_retention(ctx: ServiceContext) -> None:
     while not ctx.stopping.is_set():
         try:
             now = ctx.clock.now()
-            rules = check_rules(ctx.config, now - timedelta(days=2), now)
-            await ctx.in_thread(catch_up, ctx.db, rules, now, ages_of(ctx))
+            await ctx.in_thread(catch_up, ctx.db, rules_of(ctx.config), now, ages_of(ctx))
         except Exception:
             log.exception("retention rollup failed; retrying",
                           extra={"action": "retention_error"})
