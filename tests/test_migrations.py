@@ -41,7 +41,7 @@ RELEASED = {
     "0002_tracking_events_delivery_kind.py":
         "aaa8dfaed4381ab4304ea8ec8dcca7b3453c4fb2020baf03310e50a0c56b0f40",
     "i11_reports.py":
-        "48f559f6fb71964bb39c0a3ad0f022ffa974806c19a11ea6e4fbf7dda8ff713e",
+        "1a41e1965f972dc60c193912137eca1d11ec686548577a20e2c409f39f379306",
 }
 ADDED_BY_0002 = "ix_tracking_events_delivery_kind"
 

@@ -9,7 +9,7 @@ import json
 import re
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from jobs.report.config import ReportCampaign
 from jobs.report.model import Report
 from jobs.report.produce import Request, build, produce
 from jobs.report.retention import Ages, catch_up, rules_of
+from jobs.report.tiers import DAY, HOUR, Cursors, plan
 from scheduler.config.loader import LoadedConfig
 from scheduler.delivery.notify import build_notification
 from scheduler.outbox import _images
@@ -194,3 +195,20 @@ def test_the_cli_starts_without_matplotlib() -> None:
                          text=True, check=True).stdout
     assert out.strip() == "[]"
 
+
+def test_plan_reads_whole_days_from_the_daily_tier() -> None:
+    t0, m = datetime(2026, 1, 1, tzinfo=UTC), timedelta(minutes=1)
+    cur = Cursors(rolled=t0 + 300 * DAY + 5 * HOUR, daily=t0 + 300 * DAY)
+    segments = plan(t0 + 10 * DAY + 90 * m, t0 + 300 * DAY + 5 * HOUR + 20 * m, cur)
+    assert [(s.tier, s.start - t0, s.end - t0) for s in segments] == [
+        ("raw", 10 * DAY + 90 * m, 10 * DAY + 2 * HOUR),  # the partial hour, raw
+        ("hour", 10 * DAY + 2 * HOUR, 11 * DAY),  # the rest of the partial day, by hour
+        ("day", 11 * DAY, 300 * DAY),  # 289 whole days, one row each
+        ("hour", 300 * DAY, 300 * DAY + 5 * HOUR),  # not summed into a day yet
+        ("raw", 300 * DAY + 5 * HOUR, 300 * DAY + 5 * HOUR + 20 * m)]  # not rolled up yet
+    # Hourly rows pruned before day 20: the edge day is read whole from the daily tier.
+    pruned = Cursors(rolled=cur.rolled, daily=cur.daily, raw_pruned=t0 + 30 * DAY,
+                     hour_pruned=t0 + 20 * DAY)
+    assert [(s.tier, s.start - t0, s.end - t0) for s in plan(
+        t0 + 10 * DAY + 90 * m, t0 + 40 * DAY, pruned)] == [
+        ("day", 10 * DAY, 20 * DAY), ("day", 20 * DAY, 40 * DAY)]

@@ -14,8 +14,7 @@ import sqlalchemy as sa
 from jobs.report import eventstats
 from jobs.report.eventstats import ENGAGEMENT, EventKey
 from jobs.report.model import CampaignSection, Figures, PauseSpan, RunSection, changes
-from jobs.report.sqlx import truncate
-from jobs.report.tiers import EPOCH, HOUR, plan, read_cursors
+from jobs.report.tiers import EPOCH, HOUR, ceil_hour, floor_hour, plan, read_cursors
 from scheduler.clock import utc
 from scheduler.store.tables import deliveries, runs, tracking_events
 
@@ -72,37 +71,59 @@ def runs_select(names: Sequence[str], start: datetime, end: datetime) -> Any:
 
 def _ledger(conn: sa.Connection, by_id: dict[int, RunInfo], run_ids: Any, window: Window
             ) -> dict[str, Counter[datetime]]:
-    """One pass over the deliveries: status counts per run, and sends per hour per campaign."""
+    """Status counts per run, and sends per hour per campaign, from the deliveries index.
+
+    Not one GROUP BY run, status, hour: SQLite has no hash aggregation, so grouping a million
+    deliveries by a computed hour sorts them all (0.9 s of that 1.3 s query).
+    """
     d = deliveries.c
-    hour = truncate(d.sent_at, "hour", conn.dialect.name).label("hour")
-    supp = sa.case((d.last_error == "suppressed", 1), else_=0).label("supp")
-    stmt = (sa.select(d.run_id, d.status, supp, hour, sa.func.count())
-            .where(d.run_id.in_(run_ids)).group_by(d.run_id, d.status, supp, hour))
+    for run_id, status, n in conn.execute(
+            sa.select(d.run_id, d.status, sa.func.count()).where(d.run_id.in_(run_ids))
+            .group_by(d.run_id, d.status)):
+        _count(by_id[run_id].figures, status, int(n))
+    for run_id, n in conn.execute(
+            sa.select(d.run_id, sa.func.count())
+            .where(d.run_id.in_(run_ids), d.status == "skipped", d.last_error == "suppressed")
+            .group_by(d.run_id)):
+        by_id[run_id].figures.suppressed += int(n)
+    return _sends_per_hour(conn, by_id, window)
+
+
+def _sends_per_hour(conn: sa.Connection, by_id: dict[int, RunInfo], window: Window
+                    ) -> dict[str, Counter[datetime]]:
+    """Each run's sends counted hour by hour between its first and last send: index range
+    counts on (run_id, status, sent_at), which read each delivery once and sort nothing."""
+    d = deliveries.c
+    sent = sa.and_(d.run_id == runs.c.id, d.status == "sent")
+    first = sa.select(sa.func.min(d.sent_at)).where(sent).scalar_subquery()
+    last = sa.select(sa.func.max(d.sent_at)).where(sent).scalar_subquery()
+    spans = conn.execute(sa.select(runs.c.id, first, last).where(runs.c.id.in_(list(by_id))))
+    at_type = d.sent_at.type
+    count = sa.select(sa.func.count()).where(
+        d.run_id == sa.bindparam("run"), d.status == "sent",
+        d.sent_at >= sa.bindparam("start", type_=at_type),
+        d.sent_at < sa.bindparam("end", type_=at_type))
     per_hour: dict[str, Counter[datetime]] = defaultdict(Counter)
-    for run_id, status, suppressed, bucket, n in conn.execute(stmt):
-        info = by_id[run_id]
-        _count(info.figures, status, bool(suppressed), int(n))
-        if bucket is not None and status == "sent":
-            at = _as_dt(bucket)
-            if window.since <= at + HOUR and at < window.until:
-                per_hour[info.campaign][at] += int(n)
+    lowest = ceil_hour(window.since - HOUR)  # an hour counts when it ends after ``since``
+    for run_id, first_at, last_at in list(spans):
+        if first_at is None:
+            continue
+        hour, campaign = max(floor_hour(utc(first_at)), lowest), by_id[run_id].campaign
+        while hour <= utc(last_at) and hour < window.until:
+            n = int(conn.execute(count, {"run": run_id, "start": hour,
+                                         "end": hour + HOUR}).scalar() or 0)
+            if n:
+                per_hour[campaign][hour] += n
+            hour += HOUR
     return per_hour
 
 
-def _as_dt(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return utc(value) if value.tzinfo else value.replace(tzinfo=EPOCH.tzinfo)
-    return datetime.fromisoformat(str(value)).replace(tzinfo=EPOCH.tzinfo)
-
-
-def _count(fig: Figures, status: str, suppressed: bool, n: int) -> None:
+def _count(fig: Figures, status: str, n: int) -> None:
     fig.audience += n
     if status == "sent":
         fig.delivered += n
     elif status in ("failed", "bounced", "unknown"):
         setattr(fig, status, getattr(fig, status) + n)
-    elif status == "skipped" and suppressed:
-        fig.suppressed += n
     elif status in ("pending", "sending"):
         fig.pending += n
     if status in ("sent", "failed", "bounced", "unknown"):
@@ -145,14 +166,21 @@ def add_figures(total: Figures, part: Figures) -> None:
 
 def _other_events(conn: sa.Connection, names: Sequence[str], start: datetime, end: datetime
                   ) -> dict[str, Counter[str]]:
+    """Unsubscribes, pauses, broken links, … per campaign, by kind and time on the
+    (kind, at) index. Every campaign's are counted and the report's kept here: with the
+    campaigns in the query, SQLite walks them on (campaign, at), opens and clicks included."""
+    other = [k for k in eventstats.kinds_present(conn) if k not in ENGAGEMENT]
+    if not other:
+        return defaultdict(Counter)
     e = tracking_events.c
     stmt = (sa.select(e.campaign, e.kind, sa.func.count())
-            .where(e.campaign.in_(names), e.at >= start, e.at < end,
-                   e.kind.not_in(ENGAGEMENT))
+            .where(e.kind.in_(other), e.at >= start, e.at < end)
             .group_by(e.campaign, e.kind))
+    wanted = set(names)
     out: dict[str, Counter[str]] = defaultdict(Counter)
     for campaign, kind, n in conn.execute(stmt):
-        out[campaign][kind] += int(n)
+        if campaign in wanted:
+            out[campaign][kind] += int(n)
     return out
 
 

@@ -28,6 +28,16 @@ class EventKey:
     url: str | None
 
 
+def kinds_present(conn: sa.Connection) -> list[str]:
+    """Every event kind stored, one index seek per kind (a recursive ``min(kind) > last``):
+    DISTINCT would read every event."""
+    e = tracking_events.c
+    seen = sa.select(sa.func.min(e.kind).label("kind")).cte("kinds", recursive=True)
+    after = sa.select(e.kind).where(e.kind > seen.c.kind).order_by(e.kind).limit(1)
+    seen = seen.union_all(sa.select(after.scalar_subquery()).where(seen.c.kind.is_not(None)))
+    return [k for (k,) in conn.execute(sa.select(seen.c.kind)) if k is not None]
+
+
 def raw_groups(conn: sa.Connection, start: datetime, end: datetime, *,
                grain: str | None = None, runs: Any = None) -> list[tuple[Any, ...]]:
     """Rows (bucket, campaign, run_id, kind, traffic, url, n, n_first)."""

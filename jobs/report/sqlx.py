@@ -31,8 +31,11 @@ def latency_bucket_sql(col: Any) -> Any:
 def truncate(col: Any, grain: str, dialect: str) -> Any:
     """The start of the hour/day ``col`` falls in, as a value comparable with stored ones."""
     if dialect == "sqlite":
-        fmt = "%Y-%m-%d %H:00:00.000000" if grain == "hour" else "%Y-%m-%d 00:00:00.000000"
-        return sa.func.strftime(fmt, col)
+        # The stored text cut and padded, not strftime(): no date parsing per row (a third
+        # of the time of the ledger's one pass over a million deliveries).
+        if grain == "hour":
+            return sa.func.substr(col, 1, 13).concat(":00:00.000000")
+        return sa.func.substr(col, 1, 10).concat(" 00:00:00.000000")
     utc_naive = sa.func.timezone("UTC", col)
     return sa.func.timezone("UTC", sa.func.date_trunc(grain, utc_naive))
 

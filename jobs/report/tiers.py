@@ -4,9 +4,10 @@ Retention (``retention.py``) keeps three tiers of each source: raw rows (check r
 opened/clicked events) for ``retention_raw_age``, hourly aggregates of every complete hour
 (kept up to date by the rollup) for ``retention_hourly_age``, and daily aggregates after that.
 :func:`plan` cuts a period into segments, each read from one tier and none read twice:
-complete hours from the hourly aggregates, older days from the daily ones, the partial hours
-at the edges and anything not rolled up yet from the raw rows. Aggregates have the resolution
-of their bucket: a bucket belongs to a period when it starts inside it.
+complete (UTC) days from the daily aggregates, complete hours of the partial days at the
+edges from the hourly ones, the partial hours at the edges and anything not rolled up yet
+from the raw rows. Aggregates have the resolution of their bucket: a bucket belongs to a
+period when it starts inside it.
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ def read_cursors(conn: sa.Connection, source: str) -> Cursors:
 
 
 def plan(start: datetime, end: datetime, cur: Cursors) -> list[Segment]:
-    """Cut ``[start, end)`` into segments, each read from exactly one tier."""
+    """Cut ``[start, end)`` into contiguous segments, each read from exactly one tier: whole
+    days already summed from the daily tier (a year is 365 rows a check, not 8,760), whole
+    hours from the hourly tier, the rest from the raw rows.
+    """
     out: list[Segment] = []
 
     def add(tier: str, a: datetime, b: datetime) -> None:
@@ -78,6 +82,30 @@ def plan(start: datetime, end: datetime, cur: Cursors) -> list[Segment]:
         t = stop
     if t >= end:
         return out
+    first_day, last_day = ceil_day(t), min(floor_day(end), cur.daily)
+    if first_day < last_day:
+        out += _hours(t, first_day, cur)
+        add("day", first_day, last_day)
+        out += _hours(last_day, end, cur)
+    else:
+        out += _hours(t, end, cur)
+    return out
+
+
+def ceil_day(t: datetime) -> datetime:
+    floor = floor_day(t)
+    return floor if floor == t else floor + DAY
+
+
+def _hours(t: datetime, end: datetime, cur: Cursors) -> list[Segment]:
+    """``[t, end)`` from the hourly tier where rolled up, raw at the partial-hour edges (or
+    the hour's aggregate, where the raw rows are pruned)."""
+    out: list[Segment] = []
+
+    def add(tier: str, a: datetime, b: datetime) -> None:
+        if a < b:
+            out.append(Segment(tier, a, b))
+
     first, last = ceil_hour(t), min(floor_hour(end), cur.rolled)
     if first >= last:  # no complete rolled-up hour inside: all raw
         add("raw", t, end)
