@@ -149,6 +149,8 @@ def _campaign_rows(conn: sa.Connection) -> None:
                  finished_at=p_at + timedelta(minutes=20))
     prev = _deliveries(conn, run_p, [("sent", p_at, None)] * 5)
     record_open(conn, prev[0], p_at + hour, Signals("198.51.100.7", HUMAN_UA))
+    # A click in the previous period: not one of this period's top links.
+    record_click(conn, prev[0], URL1, p_at + hour, Signals("198.51.100.7", HUMAN_UA))
 
 
 def _check_rows(conn: sa.Connection) -> None:

@@ -41,7 +41,7 @@ RELEASED = {
     "0002_tracking_events_delivery_kind.py":
         "aaa8dfaed4381ab4304ea8ec8dcca7b3453c4fb2020baf03310e50a0c56b0f40",
     "i11_reports.py":
-        "1a41e1965f972dc60c193912137eca1d11ec686548577a20e2c409f39f379306",
+        "ee2da873e0e9bf4b8a41a320c2554e201c45042d3ca514675773382630bd681e",
 }
 ADDED_BY_0002 = "ix_tracking_events_delivery_kind"
 

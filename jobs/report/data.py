@@ -6,7 +6,6 @@ this module reads the other kinds' data only through the shared tables.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,14 +16,13 @@ from jobs.report.campaigns import (
     Window,
     add_figures,
     gather_campaigns,
-    runs_select,
 )
 from jobs.report.checkstats import CheckRules
 from jobs.report.hosting import gather_checks, overall_uptime
 from jobs.report.model import CampaignSection, CheckSection, Figures, Headline, Report, Series
 from jobs.report.posts import gather_posts
 from jobs.report.tiers import HOUR, ceil_hour, floor_hour
-from scheduler.store.tables import pauses, tracking_events
+from scheduler.store.tables import pauses
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ def gather(conn: sa.Connection, scope: Scope, now: datetime) -> Report:
     series = _series(data, checks, scope, window)
     return Report(scope.name, scope.since, scope.until, now, scope.timezone,
                   headline(data.sections, checks), data.sections, checks, posts, series,
-                  _agents(conn, sorted(scope.kinds), window))
+                  data.agents)
 
 
 def _total(sections: list[CampaignSection], previous: bool) -> Figures | None:
@@ -100,9 +98,11 @@ def _series(data: CampaignData, checks: list[CheckSection], scope: Scope, window
     while t < last and len(hours) < 24 * 400:
         hours.append(t)
         t += HOUR
-    sends = {name: [data.sends_per_hour.get(name, Counter()).get(h, 0) for h in hours]
-             for name in sorted(scope.kinds) if scope.kinds[name] == "newsletter"
-             or data.sends_per_hour.get(name)}
+    sends = {}
+    for name in sorted(scope.kinds):
+        per_hour = data.sends_per_hour.get(name)
+        if scope.kinds[name] == "newsletter" or per_hour:
+            sends[name] = [per_hour.get(h, 0) for h in hours] if per_hour else [0] * len(hours)
     incidents = [{"check": i.check, "start": i.start, "end": i.end or window.now}
                  for c in checks for i in c.incidents]
     maintenance = []
@@ -125,19 +125,6 @@ def _dedupe(spans: list[dict[str, object]]) -> list[dict[str, object]]:
             seen.add(key)
             out.append(span)
     return out
-
-
-def _agents(conn: sa.Connection, names: list[str], window: Window) -> dict[str, dict[str, int]]:
-    """Machine and suspect events by agent, from the raw events still kept."""
-    e = tracking_events.c
-    stmt = (sa.select(e.agent, e.kind, sa.func.count())
-            .where(e.run_id.in_(runs_select(names, window.since, window.until)),
-                   e.agent.is_not(None))
-            .group_by(e.agent, e.kind))
-    out: dict[str, dict[str, int]] = {}
-    for agent, kind, n in conn.execute(stmt):
-        out.setdefault(agent, {})[kind] = int(n)
-    return dict(sorted(out.items()))
 
 
 __all__ = ["Scope", "gather", "headline"]

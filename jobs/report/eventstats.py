@@ -1,4 +1,4 @@
-"""Opened/clicked events summed per (run, kind, traffic, url), from raw rows or rollups.
+"""Opened/clicked events summed per (run, kind, traffic, agent, url), from raw rows or rollups.
 
 ``n`` counts events, ``n_first`` the first of each (delivery, kind, traffic): unique opens
 and clicks, which stay exact when hours are summed into days.
@@ -25,6 +25,7 @@ class EventKey:
     campaign: str | None
     kind: str
     traffic: str | None
+    agent: str | None
     url: str | None
 
 
@@ -40,14 +41,15 @@ def kinds_present(conn: sa.Connection) -> list[str]:
 
 def raw_groups(conn: sa.Connection, start: datetime, end: datetime, *,
                grain: str | None = None, runs: Any = None) -> list[tuple[Any, ...]]:
-    """Rows (bucket, campaign, run_id, kind, traffic, url, n, n_first)."""
+    """Rows (bucket, campaign, run_id, kind, traffic, agent, url, n, n_first)."""
     e = tracking_events.c
     bucket = (truncate(e.at, grain, conn.dialect.name) if grain else sa.null()).label("bucket")
     first = sa.func.sum(sa.case((e.first.is_(True), 1), else_=0))
-    stmt = (sa.select(bucket, e.campaign, e.run_id, e.kind, e.traffic, e.url, sa.func.count(),
-                      first)
+    stmt = (sa.select(bucket, e.campaign, e.run_id, e.kind, e.traffic, e.agent, e.url,
+                      sa.func.count(), first)
             .where(e.kind.in_(ENGAGEMENT), e.at >= start, e.at < end)
-            .group_by(*([bucket] if grain else []), e.campaign, e.run_id, e.kind, e.traffic, e.url))
+            .group_by(*([bucket] if grain else []), e.campaign, e.run_id, e.kind, e.traffic,
+                      e.agent, e.url))
     if runs is not None:
         stmt = stmt.where(e.run_id.in_(runs))
     return [tuple(row) for row in conn.execute(stmt)]
@@ -66,15 +68,16 @@ def totals(conn: sa.Connection, segments: Iterable[Any], runs: Any
     r = event_rollups.c
     for seg in segments:
         if seg.tier == "raw":
-            for _b, campaign, run_id, kind, traffic, url, n, n_first in raw_groups(
+            for _b, campaign, run_id, kind, traffic, agent, url, n, n_first in raw_groups(
                     conn, seg.start, seg.end, runs=runs):
-                add(EventKey(run_id, campaign, kind, traffic, url), int(n), int(n_first or 0))
+                add(EventKey(run_id, campaign, kind, traffic, agent, url), int(n),
+                    int(n_first or 0))
             continue
-        stmt = (sa.select(r.campaign, r.run_id, r.kind, r.traffic, r.url, sa.func.sum(r.n),
-                          sa.func.sum(r.n_first))
+        stmt = (sa.select(r.campaign, r.run_id, r.kind, r.traffic, r.agent, r.url,
+                          sa.func.sum(r.n), sa.func.sum(r.n_first))
                 .where(r.grain == seg.tier, r.start >= seg.start, r.start < seg.end,
                        r.run_id.in_(runs))
-                .group_by(r.campaign, r.run_id, r.kind, r.traffic, r.url))
-        for campaign, run_id, kind, traffic, url, n, n_first in conn.execute(stmt):
-            add(EventKey(run_id, campaign, kind, traffic, url), int(n), int(n_first))
+                .group_by(r.campaign, r.run_id, r.kind, r.traffic, r.agent, r.url))
+        for campaign, run_id, kind, traffic, agent, url, n, n_first in conn.execute(stmt):
+            add(EventKey(run_id, campaign, kind, traffic, agent, url), int(n), int(n_first))
     return out

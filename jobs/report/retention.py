@@ -145,9 +145,9 @@ def roll_events(conn: sa.Connection, now: datetime) -> datetime | None:
     if end <= start:
         return None
     rows = [{"grain": "hour", "start": _as_dt(bucket), "campaign": campaign, "run_id": run_id,
-             "kind": kind, "traffic": traffic, "url": url, "n": int(n),
+             "kind": kind, "traffic": traffic, "agent": agent, "url": url, "n": int(n),
              "n_first": int(n_first or 0)}
-            for bucket, campaign, run_id, kind, traffic, url, n, n_first in
+            for bucket, campaign, run_id, kind, traffic, agent, url, n, n_first in
             eventstats.raw_groups(conn, start, end, grain="hour")]
     if rows:
         conn.execute(sa.insert(event_rollups), rows)
@@ -201,13 +201,13 @@ def _days_checks(conn: sa.Connection, start: datetime, end: datetime, dialect: s
 def _days_events(conn: sa.Connection, start: datetime, end: datetime, dialect: str) -> None:
     r = event_rollups.c
     day = truncate(r.start, "day", dialect)
-    sel = (sa.select(sa.literal("day"), day, r.campaign, r.run_id, r.kind, r.traffic, r.url,
-                     sa.func.sum(r.n), sa.func.sum(r.n_first))
+    sel = (sa.select(sa.literal("day"), day, r.campaign, r.run_id, r.kind, r.traffic, r.agent,
+                     r.url, sa.func.sum(r.n), sa.func.sum(r.n_first))
            .where(r.grain == "hour", r.start >= start, r.start < end)
-           .group_by(day, r.campaign, r.run_id, r.kind, r.traffic, r.url))
+           .group_by(day, r.campaign, r.run_id, r.kind, r.traffic, r.agent, r.url))
     conn.execute(sa.insert(event_rollups).from_select(
-        ["grain", "start", "campaign", "run_id", "kind", "traffic", "url", "n", "n_first"],
-        sel))
+        ["grain", "start", "campaign", "run_id", "kind", "traffic", "agent", "url", "n",
+         "n_first"], sel))
 
 
 def prune(conn: sa.Connection, source: str, now: datetime, ages: Ages) -> dict[str, int]:

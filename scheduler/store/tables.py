@@ -214,6 +214,7 @@ event_rollups = sa.Table(
     sa.Column("campaign", sa.String(200)),
     sa.Column("run_id", sa.Integer),
     sa.Column("traffic", sa.String(20)),
+    sa.Column("agent", sa.String(60)),  # the machine or suspect signal that classified it
     sa.Column("url", sa.Text),
     sa.Column("n", sa.Integer, nullable=False),
     sa.Column("n_first", sa.Integer, nullable=False),

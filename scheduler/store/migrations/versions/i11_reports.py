@@ -52,6 +52,7 @@ def upgrade() -> None:
     sa.Column('campaign', sa.String(length=200), nullable=True),
     sa.Column('run_id', sa.Integer(), nullable=True),
     sa.Column('traffic', sa.String(length=20), nullable=True),
+    sa.Column('agent', sa.String(length=60), nullable=True),
     sa.Column('url', sa.Text(), nullable=True),
     sa.Column('n', sa.Integer(), nullable=False),
     sa.Column('n_first', sa.Integer(), nullable=False),
