@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from jobs.report import render
 from jobs.report.config import REPORT_FORMATS, ReportCampaign
 from jobs.report.produce import Request, build
 from jobs.report.retention import Ages, catch_up, rules_of
@@ -72,7 +73,8 @@ def add_commands(group: click.Group) -> None:
             if out is not None and out_dir is not None and out_dir != out:
                 [(fmt, path)] = paths.items()
                 path.replace(out)
-                (out_dir / f"latest.{fmt}").unlink(missing_ok=True)
+                ext = render.EXTENSIONS.get(fmt, fmt)
+                (out_dir / f"latest.{ext}").unlink(missing_ok=True)
                 paths = {fmt: out}
             for path in paths.values():
                 click.echo(str(path))
@@ -81,6 +83,10 @@ def add_commands(group: click.Group) -> None:
 
         _go()
 
+    _add_retention(group)
+
+
+def _add_retention(group: click.Group) -> None:
     @group.command("retention")
     @click.pass_obj
     def retention_cmd(state: Any) -> None:

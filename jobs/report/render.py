@@ -196,6 +196,9 @@ def render_text(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+EXTENSIONS = {"recipients": "recipients.csv"}  # a CSV: spreadsheets open it by its name
+
+
 def write_files(report: Report, out_dir: Path, formats: list[str],
                 bodies: dict[str, Callable[[], str]]) -> dict[str, Path]:
     """``<out_dir>/<until:%Y%m%dT%H%M%SZ>.<ext>`` per format, plus ``latest.<ext>``."""
@@ -203,10 +206,10 @@ def write_files(report: Report, out_dir: Path, formats: list[str],
     stamp = report.until.strftime("%Y%m%dT%H%M%SZ")
     written = {}
     for fmt in formats:
-        body = bodies[fmt]()
-        for path in (out_dir / f"{stamp}.{fmt}", out_dir / f"latest.{fmt}"):
-            tmp = path.with_suffix(f".{fmt}.tmp")
+        body, ext = bodies[fmt](), EXTENSIONS.get(fmt, fmt)
+        for path in (out_dir / f"{stamp}.{ext}", out_dir / f"latest.{ext}"):
+            tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(body, encoding="utf-8")
             tmp.replace(path)  # atomic: a reader never sees half a report
-        written[fmt] = out_dir / f"{stamp}.{fmt}"
+        written[fmt] = out_dir / f"{stamp}.{ext}"
     return written
