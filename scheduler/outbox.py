@@ -17,6 +17,7 @@ lease cannot overwrite the outcome of the node that took the row over.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -143,7 +144,7 @@ async def _send_email(ctx: ServiceContext, row: OutboxRow) -> SendOutcome:
         message = notify.build_notification(
             from_=from_, to=row.target, subject=str(payload.get("subject") or "(no subject)"),
             text=str(payload.get("text", "")), html=payload.get("html"), headers=headers,
-            now=ctx.clock.now(),
+            now=ctx.clock.now(), images=_images(payload),
         )
     except MartechError as exc:  # bad address, header injection: retrying cannot help
         return SendOutcome(ok=False, error=str(exc), permanent=True)
@@ -151,6 +152,12 @@ async def _send_email(ctx: ServiceContext, row: OutboxRow) -> SendOutcome:
     message = replace(message, campaign=payload.get("campaign") or f"_{row.topic}",
                       run_id=run_id if isinstance(run_id, int) else None)
     return await notify.send_notification(ctx, message)
+
+
+def _images(payload: dict[str, Any]) -> dict[str, bytes]:
+    """``payload["images"]``: Content-ID → base64 PNG (JSON cannot hold bytes)."""
+    raw = payload.get("images") or {}
+    return {str(cid): base64.b64decode(data) for cid, data in dict(raw).items()}
 
 
 def webhook_body(payload: dict[str, Any]) -> dict[str, Any]:

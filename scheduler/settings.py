@@ -100,6 +100,20 @@ class Settings(BaseSettings):
     http_trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.1", "::1"],
         description="reverse proxies whose X-Forwarded-For names the client (comma-separated)")
+    http_trust_forwarded: bool = Field(
+        default=False, description="behind a reverse proxy: client address from X-Forwarded-For"
+    )
+    dashboard_token: SecretStr | None = Field(
+        default=None, description="password/token for /, /reports/ (unset: those pages are off)"
+    )
+    report_timezone: str = Field(default="UTC", description="IANA zone reports show times in")
+    retention_raw_age_s: float = Field(
+        default=30 * 86400.0, ge=3600, description="raw check results/events kept this long"
+    )
+    retention_hourly_age_s: float = Field(
+        default=400 * 86400.0, ge=86400, description="hourly aggregates kept this long"
+    )
+    retention_interval_s: float = Field(default=300.0, gt=0, description="rollup every …")
 
     log_format: LogFormat = LogFormat.text
     log_level: str = "INFO"

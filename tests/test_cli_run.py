@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from martech.cli import main
 from scheduler.store.db import make_engine
-from scheduler.store.tables import runs
+from scheduler.store.tables import check_results, check_rollups, runs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,7 +64,7 @@ def test_martech_run_fires_a_job_and_stops_on_sigterm(tmp_path: Path) -> None:
                 break
             time.sleep(0.2)  # waiting on a real process, not moving time
         assert proc.poll() is None, proc.communicate()
-        files = list(out_dir.glob("*.json"))
+        files = list(out_dir.glob("2*.json"))
         assert len(files) == 1, "the job did not fire"
         assert files[0].name == f"{start:%Y%m%dT%H%M%S}Z.json"
         sent = time.monotonic()
@@ -127,7 +127,7 @@ def test_status_pause_resume_run_job_report(operator_env: dict[str, str]) -> Non
     ran = runner.invoke(main, ["run-job", "weekly"], env=env)
     assert ran.exit_code == 0, ran.output
     assert ": done" in ran.stdout
-    reports = list((Path(env["MARTECH_VAR_DIR"]) / "reports" / "weekly").glob("*.html"))
+    reports = list((Path(env["MARTECH_VAR_DIR"]) / "reports" / "weekly").glob("2*.html"))
     assert len(reports) == 1
 
     table = runner.invoke(main, ["status"], env=env)
@@ -140,3 +140,50 @@ def test_status_pause_resume_run_job_report(operator_env: dict[str, str]) -> Non
 
     unknown = runner.invoke(main, ["run-job", "nope"], env=env)
     assert unknown.exit_code == 1 and "no campaign named 'nope'" in unknown.stderr
+
+
+def test_report_flags(operator_env: dict[str, str], tmp_path: Path) -> None:
+    runner, env = CliRunner(), operator_env
+    out = tmp_path / "day.json"
+    one = runner.invoke(main, ["report", "--since", "24h", "--format", "json", "--out", str(out)],
+                        env=env)
+    assert one.exit_code == 0, one.output
+    assert one.stdout.strip() == str(out)
+    data = json.loads(out.read_text())
+    since, until = (datetime.fromisoformat(data[k]) for k in ("since", "until"))
+    assert data["report"] == "adhoc" and until - since == timedelta(hours=24)
+    assert not list(tmp_path.glob("latest.*"))  # one named file, nothing beside it
+    folder = tmp_path / "out"
+    two = runner.invoke(main, ["report", "weekly", "--format", "csv", "--format", "recipients",
+                               "--out", str(folder)], env=env)
+    assert two.exit_code == 0, two.output
+    assert sorted("".join(p.suffixes) for p in folder.glob("2*")) == [".csv", ".recipients.csv"]
+    alone = tmp_path / "who.csv"
+    three = runner.invoke(main, ["report", "--format", "recipients", "--out", str(alone)],
+                          env=env)
+    assert three.exit_code == 0, three.output
+    assert alone.read_text().startswith("campaign,run_id,") and not list(tmp_path.glob("lat*"))
+    unknown = runner.invoke(main, ["report", "--campaign", "nope"], env=env)
+    assert unknown.exit_code == 1 and "no campaign named 'nope'" in unknown.stderr
+    bad = runner.invoke(main, ["report", "--since", "a week"], env=env)
+    assert bad.exit_code == 2 and "expected a duration like 7d" in bad.stderr
+
+
+def test_retention_rolls_up_and_prunes(operator_env: dict[str, str]) -> None:
+    env = operator_env
+    assert CliRunner().invoke(main, ["db", "upgrade"], env=env).exit_code == 0
+    engine = make_engine(env["MARTECH_DATABASE_URL"])
+    old = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=40)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(check_results), [
+            {"check_name": "website", "at": old + timedelta(minutes=i), "outcome": "ok",
+             "latency_ms": 20.0} for i in range(120)])
+    result = CliRunner().invoke(main, ["retention"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "rolled up" in result.stdout
+    with engine.connect() as conn:
+        left = conn.execute(sa.select(sa.func.count()).select_from(check_results)).scalar()
+        rolled = conn.execute(sa.select(sa.func.sum(check_rollups.c.results)).where(
+            check_rollups.c.grain == "hour")).scalar()
+    engine.dispose()
+    assert (left, rolled) == (0, 120)  # older than the 30-day raw age: kept only rolled up

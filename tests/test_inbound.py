@@ -20,7 +20,8 @@ import sqlalchemy as sa
 
 from jobs.newsletter.inbound import InboundMail, inbound_smtp
 from jobs.newsletter.kind import send_run
-from jobs.report.data import gather
+from jobs.report.checkstats import CheckRules
+from jobs.report.data import Scope, gather
 from scheduler.context import ServiceContext
 from scheduler.delivery.tokens import Signer
 from scheduler.delivery.verp import Verp
@@ -262,9 +263,10 @@ async def test_report_shows_complaint_rate_against_the_line(sent: Sent, t0: date
         ann = sent.received["ann@example.com"]
         await _deliver(port, samples.dsn(to=ann.mail_from, recipient="ann@example.com",
                                          sent=ann.data), ann.mail_from)
+    scope = Scope("weekly", {"news": "newsletter"}, CheckRules({}), CheckRules({}),
+                  t0 - timedelta(days=1), datetime.now(UTC) + timedelta(days=1))
     with sent.ctx.begin() as conn:
-        data = gather(conn, "weekly", {"news": "newsletter"}, [], t0 - timedelta(days=1),
-                      datetime.now(UTC) + timedelta(days=1), datetime.now(UTC))
+        data = gather(conn, scope, datetime.now(UTC))
     rep = data.campaigns[0].reputation
     assert rep["sent"] == 4 and rep["complaints"] == 1 and rep["bounced_later"] == 1
     assert rep["complaint_rate"] == 0.25 and rep["level"] == "over"

@@ -44,6 +44,8 @@ RELEASED = {
         "00624bf52468ef99ae1556428a1066c1f4d16de0ca3b8b5fdbcb1b3dea8e4bf3",
     "i9_cluster.py":  # runs.lease_gen, check_leases (issue 9)
         "0f20ffb17e38fabaabd79dcfa8f58759ce3dbedd93de807f679b740fdc37ee9e",
+    "i11_reports.py":
+        "2df95b7edd4cf9c4d7ce855835110545641af90ea430964fc5c60cd514580baf",
 }
 ADDED_BY_0002 = "ix_tracking_events_delivery_kind"
 

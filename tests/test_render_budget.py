@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from jobs.newsletter import ledger
 from jobs.newsletter.kind import send_run
 from jobs.reminders.render import ReminderView, render_email
-from jobs.report.data import ReportData
+from jobs.report.model import CHART_NAMES, empty_report
 from jobs.report.render import render_html
 from martech.cli import main
 from martech.compose import build_registry, load_config
@@ -186,7 +186,7 @@ def test_reminder_and_report_renders_are_budgeted(small_budget: None, tmp_path: 
     loops = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
     (tmp_path / "post-reminder.txt").write_text("Post {{ campaign }}\n" + loops)
     (tmp_path / "post-reminder.html").write_text("<p>ok</p>")
-    (tmp_path / "report.html").write_text("<h1>{{ data.name }}</h1>\n" + loops)
+    (tmp_path / "report.html").write_text("<h1>{{ r.name }}</h1>\n" + loops)
     view = ReminderView(campaign="c", post_id="p", post_at_local="", lead_text="1h",
                         due_text="in 1 hour", networks=[], link=None, link_status=None,
                         link_broken=False, image=None, notes=None, held_note=None, done_hint="")
@@ -195,7 +195,7 @@ def test_reminder_and_report_renders_are_budgeted(small_budget: None, tmp_path: 
     assert (err.value.template, err.value.line) == ("post-reminder.txt", 2)
     now = datetime(2026, 1, 1)
     with pytest.raises(TemplateBudgetExceeded) as err:
-        render_html(ReportData("r", now, now, now, [], []), tmp_path)
+        render_html(empty_report("r", now), tmp_path, dict.fromkeys(CHART_NAMES, b""))
     assert (err.value.template, err.value.line) == ("report.html", 2)
 
 

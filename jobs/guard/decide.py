@@ -17,7 +17,7 @@ from jobs.guard.hysteresis import Rules, apply, initial
 from jobs.guard.targets import CONNECTIVITY, active_span, covered_by, guarded_by
 from scheduler.config.loader import LoadedConfig
 from scheduler.store import checks as check_store
-from scheduler.store import pauses
+from scheduler.store import incidents, pauses
 from scheduler.store.checks import ResultRow, StateRow
 from scheduler.store.tables import pauses as pauses_table
 
@@ -161,9 +161,11 @@ def _act(conn: sa.Connection, env: Env, obs: Observed, before: StateRow,
                       held=held_summary(conn, campaigns),
                       dedupe=f"{name}:down:{at.isoformat()}")
         change = Change(name, "down", paused=tuple(paused))
+        incidents.open_incident(conn, name, at, detail=detail, campaigns=paused)
     else:
         if before.verdict == "pending":
             return None  # first verdict after start-up: nothing was paused, nothing to say
+        incidents.close_incident(conn, name, at)
         held_names = pauses.campaigns_with_reason(conn, reason)
         for campaign in held_names:
             pauses.remove(conn, campaign, reason, at)

@@ -7,11 +7,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from scheduler.config.base import ScheduleConfig
+from scheduler.config.base import ScheduleConfig, TimezoneName
 from scheduler.config.campaigns import CampaignBase, ListFile
 from scheduler.durations import Duration
 
-ReportFormat = Literal["html", "csv", "json"]
+ReportFormat = Literal["html", "csv", "json", "recipients"]
+# "recipients" (the per-recipient CSV, the only output naming addresses) is opt-in.
 REPORT_FORMATS: tuple[ReportFormat, ...] = ("html", "csv", "json")
 
 
@@ -25,6 +26,8 @@ class ReportCampaign(CampaignBase):
     campaigns: list[str] = Field(default_factory=list, description="empty means all")
     email: list[str] = Field(default_factory=list)
     from_: str = Field(default="martech <martech@localhost>", alias="from")
+    timezone: TimezoneName | None = Field(default=None,
+                                          description="times shown in; default the setting")
 
 
 # Reports may also be listed in config/reports.yaml, each entry without `kind:`.

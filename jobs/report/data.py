@@ -1,153 +1,136 @@
-"""What a tracking report says, read from the database for one period (pure queries)."""
+"""Everything a tracking report says, read from the database for one period (pure queries).
+
+Campaigns come in by name and kind, checks as :class:`CheckRules` (caps, maintenance), so
+this module reads the other kinds' data only through the shared tables.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 
+from jobs.report.campaigns import (
+    CampaignData,
+    Window,
+    add_figures,
+    gather_campaigns,
+)
+from jobs.report.checkstats import CheckRules
+from jobs.report.hosting import gather_checks, overall_uptime
+from jobs.report.model import CampaignSection, CheckSection, Figures, Headline, Report, Series
+from jobs.report.posts import gather_posts
 from jobs.report.reputation import gather_reputation
-from scheduler.store.tables import check_results, deliveries, pauses, runs, tracking_events
-
-RUN_STATUSES = ("done", "failed", "missed", "held", "skipped", "coalesced", "running",
-                "pending")
-DELIVERY_STATUSES = ("sent", "failed", "bounced", "unknown", "pending", "sending", "skipped")
-# Reasons are listed for runs that did not simply go out.
-EXPLAINED = ("failed", "missed", "held", "skipped")
+from jobs.report.tiers import HOUR, ceil_hour, floor_hour
+from scheduler.store.tables import pauses
 
 
-@dataclass
-class CampaignReport:
+@dataclass(frozen=True)
+class Scope:
+    """What one report covers."""
+
     name: str
-    kind: str
-    runs: dict[str, int] = field(default_factory=dict)
-    run_reasons: list[dict[str, str]] = field(default_factory=list)
-    deliveries: dict[str, int] = field(default_factory=dict)
-    events: dict[str, int] = field(default_factory=dict)
-    unique: dict[str, int] = field(default_factory=dict)  # opened/clicked: distinct deliveries
-    pause_reasons: list[dict[str, str]] = field(default_factory=list)
-    paused_now: list[str] = field(default_factory=list)
-    reputation: dict[str, Any] = field(default_factory=dict)  # see reputation.py
-
-
-@dataclass
-class CheckUptime:
-    name: str
-    ok: int
-    fail: int
-    unknown: int
-
-    @property
-    def uptime_pct(self) -> float | None:
-        """Share of conclusive results that were ok; "unknown" (guard blind) is left out."""
-        seen = self.ok + self.fail
-        return round(100.0 * self.ok / seen, 2) if seen else None
-
-
-@dataclass
-class ReportData:
-    name: str
+    kinds: dict[str, str]  # campaign -> kind
+    rules: CheckRules  # for the period
+    prev_rules: CheckRules  # for the period before it
     since: datetime
     until: datetime
-    generated_at: datetime
-    campaigns: list[CampaignReport]
-    checks: list[CheckUptime]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "report": self.name,
-            "since": self.since.isoformat(),
-            "until": self.until.isoformat(),
-            "generated_at": self.generated_at.isoformat(),
-            "campaigns": [asdict(c) for c in self.campaigns],
-            "checks": [{**asdict(c), "uptime_pct": c.uptime_pct} for c in self.checks],
-        }
+    timezone: str = "UTC"
 
 
-def gather(conn: sa.Connection, name: str, campaigns: dict[str, str], checks: list[str],
-           since: datetime, until: datetime, now: datetime) -> ReportData:
-    """Everything for ``campaigns`` (name -> kind) and ``checks`` in ``[since, until)``."""
-    reports = {n: CampaignReport(n, kind) for n, kind in sorted(campaigns.items())}
-    names = list(reports)
-    _runs(conn, reports, names, since, until)
-    _deliveries(conn, reports, names, since, until)
-    _events(conn, reports, names, since, until)
+def gather(conn: sa.Connection, scope: Scope, now: datetime) -> Report:
+    window = Window(scope.since, scope.until, now)
+    paused_now: dict[str, list[str]] = {}
     for row in conn.execute(sa.select(pauses.c.campaign, pauses.c.reason)
-                            .where(pauses.c.campaign.in_(names))):
-        reports[row.campaign].paused_now.append(row.reason)
-    for campaign, rep in gather_reputation(conn, names, since, until).items():
-        reports[campaign].reputation = rep.to_json()
-    return ReportData(name, since, until, now, list(reports.values()),
-                      _uptime(conn, checks, since, until))
+                            .where(pauses.c.campaign.in_(sorted(scope.kinds)))
+                            .order_by(pauses.c.since)):
+        paused_now.setdefault(row.campaign, []).append(row.reason)
+    data = gather_campaigns(conn, scope.kinds, window, paused_now)
+    newsletters = [s.name for s in data.sections if s.kind == "newsletter"]
+    reputations = gather_reputation(conn, newsletters, scope.since, scope.until)
+    for section in data.sections:
+        if section.name in reputations:
+            section.reputation = reputations[section.name].to_json()
+    checks = gather_checks(conn, scope.rules, scope.prev_rules, window)
+    posts = gather_posts(conn, sorted(scope.kinds), window)
+    series = _series(data, checks, scope, window)
+    return Report(scope.name, scope.since, scope.until, now, scope.timezone,
+                  headline(data.sections, checks), data.sections, checks, posts, series,
+                  data.agents)
 
 
-def _runs(conn: sa.Connection, reports: dict[str, CampaignReport], names: list[str],
-          since: datetime, until: datetime) -> None:
-    stmt = (sa.select(runs.c.campaign, runs.c.status, runs.c.scheduled_at, runs.c.detail)
-            .where(runs.c.campaign.in_(names), runs.c.scheduled_at >= since,
-                   runs.c.scheduled_at < until)
-            .order_by(runs.c.scheduled_at))
-    counts: dict[str, Counter[str]] = {n: Counter() for n in names}
-    for row in conn.execute(stmt):
-        counts[row.campaign][row.status] += 1
-        if row.status in EXPLAINED:
-            reports[row.campaign].run_reasons.append({
-                "scheduled_at": row.scheduled_at.isoformat(), "status": row.status,
-                "reason": row.detail or ""})
-    for n in names:
-        reports[n].runs = {s: counts[n][s] for s in RUN_STATUSES if counts[n][s]}
+def _total(sections: list[CampaignSection], previous: bool) -> Figures | None:
+    out = Figures()
+    found = False
+    for s in sections:
+        fig = s.previous if previous else s.figures
+        if fig is not None:
+            add_figures(out, fig)
+            found = True
+    return out if found else None
 
 
-def _deliveries(conn: sa.Connection, reports: dict[str, CampaignReport], names: list[str],
-                since: datetime, until: datetime) -> None:
-    stmt = (sa.select(runs.c.campaign, deliveries.c.status, sa.func.count())
-            .select_from(deliveries.join(runs, deliveries.c.run_id == runs.c.id))
-            .where(runs.c.campaign.in_(names), runs.c.scheduled_at >= since,
-                   runs.c.scheduled_at < until)
-            .group_by(runs.c.campaign, deliveries.c.status))
-    for campaign, status, count in conn.execute(stmt):
-        reports[campaign].deliveries[status] = int(count)
-    for report in reports.values():
-        ordered = {s: report.deliveries.get(s, 0) for s in ("sent", "failed", "bounced",
-                                                            "unknown")}
-        ordered.update({s: c for s, c in report.deliveries.items() if s not in ordered})
-        report.deliveries = ordered
+def headline(sections: list[CampaignSection], checks: list[CheckSection]) -> list[Headline]:
+    now, before = _total(sections, False) or Figures(), _total(sections, True)
+
+    def pick(attr: str, fig: Figures | None) -> float | None:
+        value = getattr(fig, attr) if fig is not None else None
+        return float(value) if value is not None else None
+
+    incidents = [i for c in checks for i in c.incidents]
+    prev_up = [c.previous_uptime_pct for c in checks if c.previous_uptime_pct is not None]
+    return [
+        Headline("sent", "Sent", pick("sent", now), pick("sent", before)),
+        Headline("delivered", "Delivered", pick("delivered", now), pick("delivered", before)),
+        Headline("open_rate", "Human open rate", now.open_rate, pick("open_rate", before), "%"),
+        Headline("click_rate", "Human click rate", now.click_rate, pick("click_rate", before),
+                 "%"),
+        Headline("unsubscribes", "Unsubscribes", pick("unsubscribes", now),
+                 pick("unsubscribes", before), good="down"),
+        Headline("uptime", "Hosting uptime", overall_uptime(checks),
+                 round(sum(prev_up) / len(prev_up), 3) if prev_up else None, "%"),
+        Headline("incidents", "Incidents", float(len(incidents)), None, good="down"),
+        Headline("held_sends", "Sends held by incidents",
+                 float(sum(i.held_sends for i in incidents)), None, good="down"),
+    ]
 
 
-def _events(conn: sa.Connection, reports: dict[str, CampaignReport], names: list[str],
-            since: datetime, until: datetime) -> None:
-    in_period = (tracking_events.c.campaign.in_(names), tracking_events.c.at >= since,
-                 tracking_events.c.at < until)
-    stmt = (sa.select(tracking_events.c.campaign, tracking_events.c.kind, sa.func.count())
-            .where(*in_period).group_by(tracking_events.c.campaign, tracking_events.c.kind))
-    for campaign, kind, count in conn.execute(stmt):
-        reports[campaign].events[kind] = int(count)
-    unique = (sa.select(tracking_events.c.campaign, tracking_events.c.kind,
-                        sa.func.count(sa.distinct(tracking_events.c.delivery_id)))
-              .where(*in_period, tracking_events.c.kind.in_(("opened", "clicked")))
-              .group_by(tracking_events.c.campaign, tracking_events.c.kind))
-    for campaign, kind, count in conn.execute(unique):
-        reports[campaign].unique[kind] = int(count)
-    paused = (sa.select(tracking_events.c.campaign, tracking_events.c.at,
-                        tracking_events.c.detail)
-              .where(*in_period, tracking_events.c.kind == "paused")
-              .order_by(tracking_events.c.at))
-    for row in conn.execute(paused):
-        reports[row.campaign].pause_reasons.append(
-            {"at": row.at.isoformat(), "reason": row.detail or ""})
+def _series(data: CampaignData, checks: list[CheckSection], scope: Scope, window: Window
+            ) -> Series:
+    first, last = floor_hour(scope.since), ceil_hour(min(scope.until, window.now))
+    hours: list[datetime] = []
+    t = first
+    while t < last and len(hours) < 24 * 400:
+        hours.append(t)
+        t += HOUR
+    sends = {}
+    for name in sorted(scope.kinds):
+        per_hour = data.sends_per_hour.get(name)
+        if scope.kinds[name] == "newsletter" or per_hour:
+            sends[name] = [per_hour.get(h, 0) for h in hours] if per_hour else [0] * len(hours)
+    incidents = [{"check": i.check, "start": i.start, "end": i.end or window.now}
+                 for c in checks for i in c.incidents]
+    maintenance = []
+    for start, end, names in scope.rules.maintenance:
+        if start < scope.until and end > scope.since:
+            maintenance.append({"start": max(start, scope.since), "end": min(end, scope.until),
+                                "checks": sorted(names)})
+    pauses_ = [{"campaign": s.name, "reason": p.reason, "start": max(p.start, scope.since),
+                "end": min(p.end or scope.until, scope.until)}
+               for s in data.sections for p in s.pauses]
+    return Series(hours, sends, incidents, _dedupe(maintenance), pauses_)
 
 
-def _uptime(conn: sa.Connection, checks: list[str], since: datetime, until: datetime
-            ) -> list[CheckUptime]:
-    stmt = (sa.select(check_results.c.check_name, check_results.c.outcome, sa.func.count())
-            .where(check_results.c.check_name.in_(checks), check_results.c.at >= since,
-                   check_results.c.at < until)
-            .group_by(check_results.c.check_name, check_results.c.outcome))
-    counts: dict[str, Counter[str]] = {c: Counter() for c in checks}
-    for name, outcome, count in conn.execute(stmt):
-        counts[name][outcome] += int(count)
-    return [CheckUptime(c, counts[c]["ok"], counts[c]["fail"], counts[c]["unknown"])
-            for c in sorted(checks)]
+def _dedupe(spans: list[dict[str, object]]) -> list[dict[str, object]]:
+    seen: set[tuple[object, object]] = set()
+    out = []
+    for span in spans:
+        key = (span["start"], span["end"])
+        if key not in seen:
+            seen.add(key)
+            out.append(span)
+    return out
+
+
+__all__ = ["Scope", "gather", "headline"]

@@ -1,60 +1,36 @@
-"""The ``report`` kind: tracking reports to var/reports/<name>/ (HTML, CSV, JSON), e-mailed too.
+"""The ``report`` kind: tracking reports to var/reports/<name>/ (HTML, CSV, JSON), e-mailed
+too, served at /reports/ and summed up on the dashboard at / (``http.py``).
 
-Thin on purpose: the queries live in ``report_data``, the files in ``report_render``.
+Thin on purpose: queries in ``data`` (and its parts), files in ``render``, charts in
+``charts``, retention in ``retention``.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import click
 from jinja2 import TemplateSyntaxError
 
+from jobs.report.cli import add_commands
 from jobs.report.config import REPORTS_FILE, ReportCampaign
-from jobs.report.data import ReportData, gather
-from jobs.report.render import render_html, render_text, write_files
-from scheduler.cli import friendly_errors
+from jobs.report.http import add_routes
+from jobs.report.model import CHART_NAMES, empty_report
+from jobs.report.produce import Request, build
+from jobs.report.render import render_html
+from jobs.report.retention import run_retention
 from scheduler.clock import SystemClock
 from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
 from scheduler.delivery.budget import TemplateBudgetExceeded
 from scheduler.delivery.render import make_environment
-from scheduler.errors import MartechError, Problem, UnknownCampaign
+from scheduler.errors import MartechError, Problem
 from scheduler.errors import TemplateError as MartechTemplateError
 from scheduler.kinds import Registry, RunResult, ScheduleSpec
 from scheduler.settings import Settings
-from scheduler.store import outbox
 from scheduler.store.runs import RunRow
 
 log = logging.getLogger("martech.report")
-
-
-def build(config: LoadedConfig, settings: Settings, db: Any, campaign: ReportCampaign,
-          until: datetime, now: datetime, run_id: int | None = None
-          ) -> tuple[ReportData, dict[str, Path]]:
-    """Gather, write the files and (if ``email:``) enqueue the mail — one transaction."""
-    names = campaign.campaigns or [n for n, c in config.campaigns.items()
-                                   if c.kind != "report"]
-    kinds = {n: config.campaigns[n].kind for n in names if n in config.campaigns}
-    checks = sorted(config.checks.checks)
-    with db.begin() as conn:
-        data = gather(conn, campaign.name, kinds, checks, until - campaign.period, until, now)
-        paths = write_files(data, settings.var_dir / "reports" / campaign.name,
-                            list(campaign.formats), settings.templates_dir)
-        if campaign.email:
-            html = render_html(data, settings.templates_dir)
-            payload = {"from": campaign.from_,
-                       "subject": f"martech report {campaign.name}: "
-                                  f"{data.since:%Y-%m-%d} to {data.until:%Y-%m-%d}",
-                       "text": render_text(data), "html": html}
-            key = f"report:{campaign.name}:{run_id if run_id is not None else until.isoformat()}"
-            for address in campaign.email:
-                outbox.enqueue(conn, topic="report", channel="email", target=address,
-                               payload=payload, now=now, dedupe_key=f"{key}:{address}")
-    return data, paths
 
 
 class ReportKind:
@@ -71,9 +47,10 @@ class ReportKind:
         # re-run report says the same thing; a manual one ends now.
         now = ctx.clock.now()
         until = run.scheduled_at if run.trigger == "schedule" else now
+        req = Request.of(campaign, ctx.settings, until)
         try:
-            data, paths = await ctx.in_thread(build, ctx.config, ctx.settings, ctx.db,
-                                              campaign, until, now, run.id)
+            report, paths = await ctx.in_thread(build, ctx.config, ctx.settings, ctx.db, req,
+                                                now, run.id)
         except MartechError as exc:
             return RunResult("failed", str(exc))
         log.info("report written", extra={"action": "report", "job": campaign.name,
@@ -81,7 +58,7 @@ class ReportKind:
                                           "files": ", ".join(map(str, paths.values()))})
         return RunResult("done", f"wrote {len(paths)} file(s)",
                          stats={"files": [str(p) for p in paths.values()],
-                                "campaigns": len(data.campaigns),
+                                "campaigns": len(report.campaigns),
                                 "emailed": len(campaign.email)})
 
     def validate(self, campaign: Any, config: LoadedConfig, settings: Settings
@@ -107,7 +84,8 @@ class ReportKind:
             return [Problem(str(path), exc.lineno, "", f"template syntax error: {exc.message}")]
         now = SystemClock().now()
         try:  # an empty report, under the work budget every render has
-            render_html(ReportData(campaign.name, now, now, now, [], []), settings.templates_dir)
+            render_html(empty_report(campaign.name, now), settings.templates_dir,
+                        dict.fromkeys(CHART_NAMES, b""))
         except TemplateBudgetExceeded as exc:
             return [Problem(str(path), exc.line, "template", exc.message)]
         except MartechTemplateError:
@@ -115,31 +93,9 @@ class ReportKind:
         return []
 
 
-def _cli(group: click.Group) -> None:
-    @group.command("report")
-    @click.argument("name")
-    @click.pass_obj
-    def report_cmd(state: Any, name: str) -> None:
-        """Write report NAME now (covering its period up to now) and print the file paths."""
-        @friendly_errors
-        def _go() -> None:
-            config = state.config()
-            campaign = config.campaigns.get(name)
-            if not isinstance(campaign, ReportCampaign):
-                raise UnknownCampaign(name)
-            now = SystemClock().now()
-            try:
-                _data, paths = build(config, state.settings, state.db(), campaign, now, now)
-            except MartechTemplateError as exc:
-                raise click.ClickException(str(exc)) from None
-            for path in paths.values():
-                click.echo(str(path))
-            if campaign.email:
-                click.echo(f"e-mail queued to {', '.join(campaign.email)}")
-
-        _go()
-
-
 def register(registry: Registry) -> None:
     registry.add_kind(ReportKind(), REPORTS_FILE)
-    registry.cli.append(_cli)
+    registry.cli.append(add_commands)
+    registry.components["retention"] = run_retention
+    # The dashboard shows next run times, which come from every kind's schedules.
+    registry.http_routes.append(lambda app, ctx: add_routes(app, ctx, registry))

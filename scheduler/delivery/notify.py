@@ -39,8 +39,12 @@ def bare_address(value: str) -> str:
 
 def build_notification(*, from_: str, to: str | Sequence[str], subject: str, text: str,
                        html: str | None = None, headers: Mapping[str, str] | None = None,
-                       now: datetime | None = None) -> OutgoingMessage:
+                       now: datetime | None = None,
+                       images: Mapping[str, bytes] | None = None) -> OutgoingMessage:
     """A complete text (+ optional HTML) message. Any header value with CR/LF is refused.
+
+    ``images`` (Content-ID → PNG) go beside the HTML in a ``multipart/related`` part, which
+    the HTML references as ``cid:<id>`` — the way Gmail and Outlook show pictures in mail.
 
     :raises HeaderInjectionError: a header value contains a line break.
     """
@@ -69,6 +73,14 @@ def build_notification(*, from_: str, to: str | Sequence[str], subject: str, tex
     msg.set_content(text)
     if html is not None:
         msg.add_alternative(html, subtype="html")
+        if images:
+            parts = msg.get_payload()
+            assert isinstance(parts, list)
+            html_part = parts[-1]
+            assert isinstance(html_part, EmailMessage)
+            for cid, png in images.items():
+                html_part.add_related(png, maintype="image", subtype="png", cid=f"<{cid}>",
+                                      filename=f"{cid.split('@')[0]}.png")
     return OutgoingMessage(envelope_from=sender, recipients=tuple(rcpt),
                            data=msg.as_bytes(policy=SMTP), message_id=message_id)
 

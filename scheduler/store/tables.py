@@ -76,7 +76,9 @@ deliveries = sa.Table(
     # recipient's zone); NULL = as soon as the run starts. The claim hands out due rows only.
     sa.Column("due_at", UtcDateTime()),
     sa.UniqueConstraint("run_id", "recipient"),
-    sa.Index("ix_deliveries_run_status", "run_id", "status"),
+    # (run, status) for the sender's claims; sent_at too, so reports count a run's sends per
+    # hour on the index alone (jobs/report/campaigns.py).
+    sa.Index("ix_deliveries_run_status_sent", "run_id", "status", "sent_at"),
 )
 
 # A campaign sends only while it has no row here. reason: manual | guard:<check> |
@@ -146,7 +148,12 @@ suppressions = sa.Table(
 )
 
 # kind: sent | delivered | bounced | opened | clicked | unsubscribed | paused | resumed | held
-#       | skipped | missed | posted | link_broken | alert | soft_bounce | complained | ramp
+#       | skipped | missed | posted | link_broken | alert | soft_bounce | complained | ramp —
+#       free text on purpose: a new kind needs no migration, and reports count every kind.
+# Opens and clicks also carry their signals (ip, user_agent, after_send_s) and the verdict
+# drawn from them at recording time: traffic = human | machine | suspect, agent = which
+# machine (apple_mpp, google_proxy, safelinks, …) or why suspect; first = first event of its
+# (delivery, kind, traffic), so unique counts survive being rolled up into sums.
 tracking_events = sa.Table(
     "tracking_events",
     metadata,
@@ -159,9 +166,90 @@ tracking_events = sa.Table(
     sa.Column("recipient", sa.String(400)),
     sa.Column("url", sa.Text),
     sa.Column("detail", sa.Text),
+    sa.Column("ip", sa.String(64)),
+    sa.Column("user_agent", sa.Text),
+    sa.Column("after_send_s", sa.Float),
+    sa.Column("traffic", sa.String(20)),
+    sa.Column("agent", sa.String(60)),
+    sa.Column("first", sa.Boolean),
     sa.Index("ix_tracking_events_campaign_at", "campaign", "at"),
     # "opened at most once per delivery" looks events up by delivery.
     sa.Index("ix_tracking_events_delivery_kind", "delivery_id", "kind"),
+    # Reports read events of a period's runs; retention rolls opens and clicks up by time,
+    # and reports find the rare kinds (unsubscribes, pauses) by kind and time.
+    sa.Index("ix_tracking_events_run_kind", "run_id", "kind"),
+    sa.Index("ix_tracking_events_kind_at", "kind", "at"),
+)
+
+# One row per time a check was down (the guard's verdict, not a single failed result):
+# opened on the down transition, closed on the up one. campaigns: those it paused.
+incidents = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("check_name", sa.String(200), nullable=False),
+    sa.Column("started_at", UtcDateTime(), nullable=False),
+    sa.Column("ended_at", UtcDateTime()),
+    sa.Column("detail", sa.Text),
+    sa.Column("campaigns", sa.JSON),
+    sa.Index("ix_incidents_check_started", "check_name", "started_at"),
+)
+
+# Retention (jobs/report/retention.py): raw check results and events rolled up per hour
+# (grain "hour") and per day ("day"); reports read these where the raw rows are gone.
+# A result's time (until the next result, capped) is counted in the bucket it was taken in.
+check_rollups = sa.Table(
+    "check_rollups",
+    metadata,
+    sa.Column("check_name", sa.String(200), primary_key=True),
+    sa.Column("grain", sa.String(8), primary_key=True),
+    sa.Column("start", UtcDateTime(), primary_key=True),
+    sa.Column("ok_s", sa.Float, nullable=False),
+    sa.Column("fail_s", sa.Float, nullable=False),
+    sa.Column("unknown_s", sa.Float, nullable=False),
+    sa.Column("maintenance_s", sa.Float, nullable=False),
+    sa.Column("results", sa.Integer, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Index("ix_check_rollups_grain_start", "grain", "start"),
+)
+
+# Response times per bucket as a log histogram (bucket b holds latencies in
+# [1.1^b - 1, 1.1^(b+1) - 1) ms), so p50/p95 can be read from any sum of buckets.
+check_latency_rollups = sa.Table(
+    "check_latency_rollups",
+    metadata,
+    sa.Column("check_name", sa.String(200), primary_key=True),
+    sa.Column("grain", sa.String(8), primary_key=True),
+    sa.Column("start", UtcDateTime(), primary_key=True),
+    sa.Column("bucket", sa.Integer, primary_key=True),
+    sa.Column("n", sa.Integer, nullable=False),
+)
+
+event_rollups = sa.Table(
+    "event_rollups",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("grain", sa.String(8), nullable=False),
+    sa.Column("start", UtcDateTime(), nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("campaign", sa.String(200)),
+    sa.Column("run_id", sa.Integer),
+    sa.Column("traffic", sa.String(20)),
+    sa.Column("agent", sa.String(60)),  # the machine or suspect signal that classified it
+    sa.Column("url", sa.Text),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("n_first", sa.Integer, nullable=False),
+    sa.Index("ix_event_rollups_grain_start", "grain", "start"),
+    sa.Index("ix_event_rollups_run_kind", "run_id", "kind"),
+)
+
+# How far each rollup has got: name = "<source>:<grain>" (rolled up before ``until``) or
+# "<source>:<tier>_pruned" (rows before ``until`` deleted). Sources: checks, events.
+rollup_cursors = sa.Table(
+    "rollup_cursors",
+    metadata,
+    sa.Column("name", sa.String(60), primary_key=True),
+    sa.Column("until", UtcDateTime(), nullable=False),
 )
 
 node_heartbeats = sa.Table(
