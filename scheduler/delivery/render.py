@@ -243,21 +243,7 @@ class CampaignTemplates:
         self.text_final: str | None = None
         self.text_tpl: jinja2.Template | None = None
         self.derive_text_per_recipient = False
-        text_path = templates_dir / self.text_name
-        if text_path.exists():
-            text_source = text_path.read_text(encoding="utf-8")
-            self._compile(self.text_env, text_source, self.text_name)  # errors: own lines
-            protected_text, text_tags = _protect(text_source)
-            restored_text = _restore(self.utm.text(protected_text), text_tags) or text_source
-            self.text_final = restored_text
-            self.text_tpl = self._compile(self.text_env, restored_text, self.text_name)
-        else:
-            restored = _restore(html_to_text(tagged), tags)
-            if restored is None:
-                self.derive_text_per_recipient = True
-            else:
-                self.text_final = restored
-                self.text_tpl = self._compile(self.text_env, restored, self.text_name)
+        self._prepare_text(templates_dir / self.text_name, tagged, tags)
         self.subject_source = subject
         self.subject_env = subject_env
         self.split: tuple[SplitTemplate, SplitTemplate | None, SplitTemplate] | None = None
@@ -265,6 +251,25 @@ class CampaignTemplates:
         # Jinja's globals (range, cycler, …) merged once: rendering then shares the caller's
         # variables dict instead of copying globals + variables for every recipient.
         self.globals = dict(self.html_env.globals)
+
+    def _prepare_text(self, text_path: Path, tagged_html: str, tags: list[str]) -> None:
+        """The plain-text part: the marketer's ``.txt`` (UTM-tagged), else derived from the
+        HTML — once here when the derived text keeps its template tags intact, otherwise per
+        recipient."""
+        if text_path.exists():
+            text_source = text_path.read_text(encoding="utf-8")
+            self._compile(self.text_env, text_source, self.text_name)  # errors: own lines
+            protected_text, text_tags = _protect(text_source)
+            restored_text = _restore(self.utm.text(protected_text), text_tags) or text_source
+            self.text_final = restored_text
+            self.text_tpl = self._compile(self.text_env, restored_text, self.text_name)
+            return
+        restored = _restore(html_to_text(tagged_html), tags)
+        if restored is None:
+            self.derive_text_per_recipient = True
+        else:
+            self.text_final = restored
+            self.text_tpl = self._compile(self.text_env, restored, self.text_name)
 
     def specialise(self, shared: Mapping[str, Any]) -> bool:
         """Render once with the run's shared variables when the templates allow it (see
