@@ -243,47 +243,58 @@ class Sender:
                 continue
             batch = await self.ctx.in_thread(self._claim, batch_size)
             if not batch:
-                next_at = await self.ctx.in_thread(self._next_retry)
-                if next_at is None:
-                    # Another live sender's batch may still be in flight: the run is done
-                    # when it is recorded (or its claimer is found dead, or its lease ends).
-                    if not await self.ctx.in_thread(self._recover):
-                        break
-                    await self._sleep(POLL_S)
-                    continue
-                delay = (next_at - self.ctx.clock.now()).total_seconds()
-                if delay > POLL_S:  # the next zone's 09:00: sleep on the clock, not poll
-                    await self.ctx.clock.sleep_until(next_at, self.ctx.stopping)
-                else:
-                    await self._sleep(max(delay, 0.01))
+                if not await self._idle():
+                    break
                 continue
             self.limiter.take(len(batch), self.ctx.clock.now())
-            results = await self._send_batch(batch)
-            unreachable = [row for row, out in results if out.unreachable]
-            attempted = [(row, out) for row, out in results if not out.unreachable]
-            await self._record(attempted, [r.id for r in unreachable])
-            if await self._paused_over_budget():
-                continue
-            if unreachable and not attempted and results[0][1].auth_failed:
-                await self.ctx.in_thread(self._pause_auth, results[0][1].error or "535")
-                log.error("SMTP relay refused our credentials; campaign paused, IT alerted",
-                          extra={**self.extra, "action": "smtp_auth_failed"})
-                continue
-            if unreachable and not attempted:
-                error = results[0][1].error or "relay unreachable"
-                await self.ctx.in_thread(self._pause, pauses.SMTP_UNREACHABLE, error)
-                log.error("SMTP relay unreachable on every connection; campaign paused",
-                          extra={**self.extra, "action": "smtp_unreachable"})
-                continue  # the pause check at the top decides what happens next
-            if self._budget_exceeded():
-                ratio = self.window.count(True) / len(self.window)
-                await self.ctx.in_thread(
-                    self._pause, pauses.ERROR_BUDGET,
-                    f"{ratio:.0%} of the last {len(self.window)} sends failed "
-                    f"(budget {self.campaign.error_budget.max_failure_ratio:.0%})")
-                self.window.clear()
+            await self._send_and_judge(batch)
             self._report()
         return RunResult("done", None, self._final_stats())
+
+    async def _idle(self) -> bool:
+        """Nothing to claim now: wait for the next due row; False when the run is done."""
+        next_at = await self.ctx.in_thread(self._next_retry)
+        if next_at is None:
+            # Another live sender's batch may still be in flight: the run is done when it is
+            # recorded (or its claimer is found dead, or its lease ends).
+            if not await self.ctx.in_thread(self._recover):
+                return False
+            await self._sleep(POLL_S)
+            return True
+        delay = (next_at - self.ctx.clock.now()).total_seconds()
+        if delay > POLL_S:  # the next zone's 09:00: sleep on the clock, not poll
+            await self.ctx.clock.sleep_until(next_at, self.ctx.stopping)
+        else:
+            await self._sleep(max(delay, 0.01))
+        return True
+
+    async def _send_and_judge(self, batch: list[ledger.DeliveryRow]) -> None:
+        """Send and record one batch, then pause the campaign if the relay or the error
+        budget says so (the pause check at the top of the loop decides what happens next)."""
+        results = await self._send_batch(batch)
+        unreachable = [row for row, out in results if out.unreachable]
+        attempted = [(row, out) for row, out in results if not out.unreachable]
+        await self._record(attempted, [r.id for r in unreachable])
+        if await self._paused_over_budget():
+            return
+        if unreachable and not attempted and results[0][1].auth_failed:
+            await self.ctx.in_thread(self._pause_auth, results[0][1].error or "535")
+            log.error("SMTP relay refused our credentials; campaign paused, IT alerted",
+                      extra={**self.extra, "action": "smtp_auth_failed"})
+            return
+        if unreachable and not attempted:
+            error = results[0][1].error or "relay unreachable"
+            await self.ctx.in_thread(self._pause, pauses.SMTP_UNREACHABLE, error)
+            log.error("SMTP relay unreachable on every connection; campaign paused",
+                      extra={**self.extra, "action": "smtp_unreachable"})
+            return
+        if self._budget_exceeded():
+            ratio = self.window.count(True) / len(self.window)
+            await self.ctx.in_thread(
+                self._pause, pauses.ERROR_BUDGET,
+                f"{ratio:.0%} of the last {len(self.window)} sends failed "
+                f"(budget {self.campaign.error_budget.max_failure_ratio:.0%})")
+            self.window.clear()
 
     async def _paused_over_budget(self) -> bool:
         """Pause the campaign if renders kept exceeding their budget (see _compose_all)."""
