@@ -7,9 +7,11 @@ Reusable by any test that sends mail::
         assert server.count("a@example.com") == 1
 
 Faults are keyed by recipient address (lower case): ``"4xx"`` (451 on RCPT), ``"5xx"`` (550 on
-RCPT), ``"hard"`` (550 5.1.1 on RCPT), ``"disconnect"`` (drop the link after DATA, before the
-reply: the client cannot know whether the message was accepted), ``"slow"`` (delay the DATA
-reply by ``slow_s``). ``fault_once`` faults apply only to the first attempt for that recipient.
+RCPT), ``"hard"`` (550 5.1.1 on RCPT), ``"disconnect"`` (drop the link after the end of DATA,
+before storing or replying: the client cannot know whether the message was accepted),
+``"store_drop"`` (store the message, then drop the link before replying), ``"drop_rcpt"`` (drop
+the link at RCPT: before any data), ``"slow"`` (delay the DATA reply by ``slow_s``, then store).
+``fault_once`` faults apply only to the first attempt for that recipient.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ class RecordingHandler:
         with self.lock:
             self.attempts[address.lower()] += 1
         fault = self._fault(address)
+        if fault == "drop_rcpt":
+            server.transport.abort()
+            return "451 dropped"
         if fault == "4xx":
             return "451 4.3.0 try again later"
         if fault == "5xx":
@@ -85,6 +90,9 @@ class RecordingHandler:
         with self.lock:
             self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos),
                                           data))
+        if "store_drop" in faults:
+            server.transport.abort()
+            return "451 dropped"
         return "250 2.0.0 queued"
 
 

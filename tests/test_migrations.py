@@ -42,6 +42,9 @@ RELEASED = {
         "aaa8dfaed4381ab4304ea8ec8dcca7b3453c4fb2020baf03310e50a0c56b0f40",
 }
 ADDED_BY_0002 = "ix_tracking_events_delivery_kind"
+# What revisions after 0002 add (a database at 0001 lacks these too, beside 0002's index).
+LATER_TABLES = {"delivery_claims"}  # i9_ledger
+LATER_COLUMNS = {("deliveries", "claim_id"), ("deliveries", "on_wire")}  # i9_ledger
 
 
 @pytest.fixture
@@ -65,8 +68,23 @@ def _downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(cfg, revision)
 
 
+def _later(d: Any) -> bool:
+    """A difference some revision after 0002 accounts for."""
+    if isinstance(d, list):  # column changes come as a list of one tuple
+        return all(_later(x) for x in d)
+    if d[0] == "add_table":
+        return bool(d[1].name in LATER_TABLES)
+    if d[0] == "add_index":
+        return bool(d[1].table.name in LATER_TABLES)
+    if d[0] == "add_column":
+        return (d[2], d[3].name) in LATER_COLUMNS
+    return False
+
+
 def _missing_indexes(diff: list[Any]) -> list[str]:
-    """The names of indexes the database lacks; any other kind of difference fails."""
+    """The names of indexes the database lacks besides what later revisions add; any other
+    kind of difference fails."""
+    diff = [d for d in diff if not _later(d)]
     assert all(isinstance(d, tuple) and d[0] == "add_index" for d in diff), diff
     return [d[1].name for d in diff]
 

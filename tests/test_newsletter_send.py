@@ -93,13 +93,18 @@ async def test_relay_faults_are_classified_retried_and_suppressed(
     assert ledger["policy@example.com"][:2] == ("failed", 1)  # 5xx: never retried
     assert ledger["ghost@example.com"][:2] == ("bounced", 1)
     assert ledger["flaky@example.com"][:2] == ("sent", 2)
-    assert ledger["drop@example.com"][:2] == ("sent", 2)
-    assert ledger["slow@example.com"][0] == "sent" and ledger["slow@example.com"][1] >= 2
+    # The link dropped (or the reply timed out) after the end of DATA: the relay may have the
+    # message, so at_most_once never retries it (issue 9, point 2; tests/test_newsletter_wire.py
+    # has both policies against a relay that does and one that does not store it).
+    assert ledger["drop@example.com"][:2] == ("unknown", 1)
+    assert ledger["slow@example.com"][:2] == ("unknown", 1)
     counts = server.per_recipient()
-    assert counts["flaky@example.com"] == 1 and counts["drop@example.com"] == 1
+    assert counts["flaky@example.com"] == 1
+    assert "drop@example.com" not in counts and "slow@example.com" not in counts
     assert "policy@example.com" not in counts and "ghost@example.com" not in counts
     assert all(counts[r] == 1 for r in RECIPIENTS[:5])
     assert result.stats["bounced"] == 1 and result.stats["failed"] == 2
+    assert result.stats["unknown"] == 2
     with ctx.begin() as conn:
         assert suppression_store.reason_of(conn, "ghost@example.com") == "hard_bounce"
         kinds = sorted(r.kind for r in conn.execute(
@@ -123,7 +128,7 @@ async def test_invalid_duplicate_and_suppressed_rows_are_skipped_and_counted(
     assert (s["audience_rows"], s["invalid"], s["duplicates"], s["suppressed"], s["sent"]) == \
         (7, 3, 1, 1, 2)
     assert server.per_recipient() == {"a@example.com": 1, "b@example.com": 1}
-    assert _ledger(ctx, run_id)["gone@example.com"][0] == "skipped"
+    assert _ledger(ctx, run_id)["gone@example.com"][0] == "suppressed"
     ctx.db.dispose()
 
 

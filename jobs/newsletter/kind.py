@@ -7,6 +7,7 @@ from typing import Any
 
 from jobs.newsletter import cli, http_tracking, http_unsubscribe, ledger
 from jobs.newsletter.config import NewsletterCampaign
+from jobs.newsletter.helper import send_helper
 from jobs.newsletter.probe import relay_probe
 from jobs.newsletter.runner import TRANSPORT_OVERRIDE, send_run
 from jobs.newsletter.validate import validate_newsletter
@@ -61,4 +62,5 @@ def register(registry: Registry) -> None:
     registry.add_kind(NewsletterJob())
     registry.cli.append(cli.register)
     registry.components["newsletter-relay-probe"] = relay_probe
+    registry.components["newsletter-send-helper"] = send_helper
     registry.http_routes += [http_unsubscribe.add_routes, http_tracking.add_routes]

@@ -16,8 +16,10 @@ TRANSPORT_OVERRIDE = "newsletter_transport"
 
 
 async def send_run(ctx: ServiceContext, campaign: NewsletterCampaign, run_id: int, *,
-                   on_pause: str, progress: ProgressFn | None = None) -> RunResult:
-    """Send (or resume) run ``run_id`` of ``campaign`` through the configured transport."""
+                   on_pause: str, progress: ProgressFn | None = None,
+                   helper: bool = False) -> RunResult:
+    """Send (or resume) run ``run_id`` of ``campaign`` through the configured transport;
+    ``helper``: as another node helping its owner (``jobs/newsletter/helper.py``)."""
     try:
         prepared = prepare(campaign, ctx.config, ctx.settings, run_id=run_id)
     except MartechError as exc:
@@ -25,7 +27,8 @@ async def send_run(ctx: ServiceContext, campaign: NewsletterCampaign, run_id: in
     override: Transport | None = ctx.extras.get(TRANSPORT_OVERRIDE)
     transport = override or make_transport(ctx.settings, connections=campaign.send.connections)
     try:
-        sender = Sender(ctx, prepared, run_id, transport, on_pause=on_pause, progress=progress)
+        sender = Sender(ctx, prepared, run_id, transport, on_pause=on_pause, progress=progress,
+                        helper=helper)
         return await sender.run()
     finally:
         if override is None:

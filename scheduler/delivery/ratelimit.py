@@ -1,9 +1,16 @@
-"""Token buckets per second and per hour, persisted in ``rate_buckets`` so a restart does not
-hand out a fresh burst (a relay's hourly quota does not reset because we crashed).
+"""A campaign's rate limit, shared by every sender of it: token buckets in ``rate_buckets``.
 
-A bucket of ``rate`` tokens per ``period_s`` holds at most ``rate`` tokens. The sender reserves
-a whole batch before claiming it (``wait_s`` says how long until it may), so no claimed row ever
-sits waiting on the limiter — a pause or shutdown never strands a claimed batch.
+A bucket of ``rate`` tokens per ``period_s`` holds at most ``rate`` tokens. Each sender reserves
+a whole batch in the transaction that claims it (:meth:`RateLimiter.reserve`): the bucket rows
+are read under a row lock (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already
+serialises writers), refilled, debited and written back before the lock is released, so all
+senders of a campaign on all nodes draw from one bucket and together never exceed
+``rate_per_s`` / ``rate_per_h`` (issue 9, point 4h). A restart hands out no fresh burst (a
+relay's hourly quota does not reset because we crashed). Time is the database's clock, passed
+in by the caller, so two nodes' clocks are never mixed in one bucket.
+
+No claimed row waits on the limiter: a batch is claimed only once its tokens are taken, so a
+pause or shutdown never strands a claimed batch.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ class TokenBucket:
     def refill(self, now: datetime) -> None:
         elapsed = max(0.0, (now - self.updated_at).total_seconds())
         self.tokens = min(self.capacity, self.tokens + elapsed * self.rate / self.period_s)
-        self.updated_at = now
+        self.updated_at = max(now, self.updated_at)
 
     def wait_s(self, n: float, now: datetime) -> float:
         """Seconds until ``n`` tokens are available (0 if now)."""
@@ -47,7 +54,7 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """Per-second and per-hour buckets for one key (a campaign)."""
+    """Per-second and per-hour buckets for one key (a campaign), shared through the database."""
 
     def __init__(self, key: str, *, rate_per_s: float | None, rate_per_h: float | None) -> None:
         self.key = key
@@ -63,9 +70,13 @@ class RateLimiter:
         caps = [int(rate) for _k, rate, _p in self.specs if rate]
         return max(1, min([wanted, *caps]))
 
-    def load(self, conn: sa.Connection, now: datetime) -> None:
-        stored = {row.key: row for row in conn.execute(
-            sa.select(rate_buckets).where(rate_buckets.c.key.in_([k for k, _r, _p in self.specs])))}
+    def load(self, conn: sa.Connection, now: datetime, *, lock: bool = False) -> None:
+        """Read the stored buckets (a missing one starts full), refilled to ``now``."""
+        keys = [k for k, rate, _p in self.specs if rate]
+        select = sa.select(rate_buckets).where(rate_buckets.c.key.in_(keys))
+        if lock:
+            select = select.with_for_update()
+        stored = {row.key: row for row in conn.execute(select)}
         self.buckets = []
         for key, rate, period_s in self.specs:
             if not rate:
@@ -85,6 +96,31 @@ class RateLimiter:
     def take(self, n: int, now: datetime) -> None:
         for bucket in self.buckets:
             bucket.take(n, now)
+
+    def reserve(self, conn: sa.Connection, n: int, now: datetime) -> float:
+        """Take ``n`` tokens from every bucket in this transaction, or none: the seconds to
+        wait before asking again (0.0 when taken). ``now`` is the database's clock."""
+        if not self.active or n <= 0:
+            return 0.0
+        self._ensure_rows(conn, now)
+        self.load(conn, now, lock=True)
+        wait = self.wait_s(n, now)
+        if wait > 0:
+            return wait
+        self.take(n, now)
+        self.save(conn)
+        return 0.0
+
+    def _ensure_rows(self, conn: sa.Connection, now: datetime) -> None:
+        """Create missing bucket rows (full), so the locking read has rows to lock."""
+        missing = [(k, rate) for k, rate, _p in self.specs if rate]
+        stmt = insert_for(conn, rate_buckets).on_conflict_do_nothing()
+        have = set(conn.execute(sa.select(rate_buckets.c.key).where(
+            rate_buckets.c.key.in_([k for k, _r in missing]))).scalars())
+        rows = [{"key": k, "tokens": rate, "updated_at": now} for k, rate in missing
+                if k not in have]
+        if rows:
+            conn.execute(stmt, rows)
 
     def save(self, conn: sa.Connection) -> None:
         if not self.buckets:
