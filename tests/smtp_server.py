@@ -11,7 +11,8 @@ RCPT), ``"hard"`` (550 5.1.1 on RCPT), ``"disconnect"`` (drop the link after the
 before storing or replying: the client cannot know whether the message was accepted),
 ``"store_drop"`` (store the message, then drop the link before replying), ``"drop_rcpt"`` (drop
 the link at RCPT: before any data), ``"slow"`` (delay the DATA reply by ``slow_s``, then store).
-``fault_once`` faults apply only to the first attempt for that recipient.
+``fault_once`` faults apply only to the first attempt for that recipient. ``data_delay_s``
+delays every DATA reply (a relay that takes its time: batches stay in flight for a while).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class RecordingHandler:
     faults: dict[str, str] = field(default_factory=dict)
     fault_once: dict[str, str] = field(default_factory=dict)
     slow_s: float = 5.0
+    data_delay_s: float = 0.0
     pipelining: bool = True  # advertise PIPELINING (aiosmtpd reads commands in order anyway)
     received: list[Received] = field(default_factory=list)
     attempts: Counter[str] = field(default_factory=Counter)
@@ -86,6 +88,8 @@ class RecordingHandler:
             return "451 dropped"
         if "slow" in faults:
             await asyncio.sleep(self.slow_s)
+        if self.data_delay_s:
+            await asyncio.sleep(self.data_delay_s)
         data = envelope.original_content or b""
         with self.lock:
             self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos),

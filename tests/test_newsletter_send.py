@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from jobs.newsletter.http_unsubscribe import record_unsubscribe
 from jobs.newsletter.kind import send_run
 from jobs.newsletter.probe import probe_once
 from scheduler.delivery.tokens import Signer, verify_click, verify_unsubscribe
@@ -230,3 +231,44 @@ async def test_crash_leftovers_follow_the_delivery_policy(
         with ctx.begin() as conn:
             assert conn.execute(sa.select(runs.c.stats).where(runs.c.id == run_id)).scalar()
         ctx.db.dispose()
+
+
+async def test_unsubscribed_since_materialisation_is_never_claimed(
+        tmp_path: Path, db_url: str, t0: datetime) -> None:
+    """Issue 9, point 3: the claim checks the suppression list, so an unsubscribe (here the
+    function the one-click POST calls) during a send stops that address's mail within one
+    batch; one made while the campaign is paused is honoured when it resumes."""
+    write_config(tmp_path, rows=RECIPIENTS)
+    with SmtpServer() as server:
+        ctx = context_for(settings_for(tmp_path, db_url, port=server.port))
+        run_id = claim_run(ctx, t0)
+        during, paused_out = RECIPIENTS[20:23], RECIPIENTS[24]
+        marks: list[int] = []
+
+        def on_progress(p) -> None:  # type: ignore[no-untyped-def]
+            if p.done and not marks:  # after the first batch of 10
+                marks.append(p.done)
+                with ctx.begin() as conn:
+                    for rcpt in [*during, RECIPIENTS[0]]:  # RECIPIENTS[0] was already sent
+                        record_unsubscribe(conn, "news", rcpt, t0)
+            elif p.done >= 20 and len(marks) == 1:  # after the second: a pause
+                marks.append(p.done)
+                with ctx.begin() as conn:
+                    pauses.add(conn, "news", pauses.MANUAL, t0)
+
+        held = await send_run(ctx, ctx.config.campaigns["news"], run_id, on_pause="return",
+                              progress=on_progress)
+        assert held.status == "held"
+        with ctx.begin() as conn:
+            record_unsubscribe(conn, "news", paused_out, t0)
+            pauses.remove(conn, "news", pauses.MANUAL, t0)
+        done = await send_run(ctx, ctx.config.campaigns["news"], run_id, on_pause="return")
+        received = server.per_recipient()
+    assert done.status == "done"
+    gone = {*during, paused_out}
+    assert received == {r: 1 for r in RECIPIENTS if r not in gone}
+    ledger = _ledger(ctx, run_id)
+    assert {ledger[r][0] for r in gone} == {"suppressed"} and ledger[RECIPIENTS[0]][0] == "sent"
+    assert {ledger[r][1] for r in gone} == {0}  # never claimed, never attempted
+    assert done.stats["suppressed"] == 4 and done.stats["sent"] == 21
+    ctx.db.dispose()

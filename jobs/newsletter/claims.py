@@ -201,16 +201,12 @@ def adopt(conn: sa.Connection, run_id: int, policy: str, *, node: str, now: date
                                   delivery_claims.c.pid, delivery_claims.c.expires_at)
                         .where(delivery_claims.c.run_id == run_id)).all()
     for row in rows:
-        if not _adoptable(row.id, row.node, row.pid, utc(row.expires_at), now=now, node=node):
+        expires_at = utc(row.expires_at)
+        if not _adoptable(row.id, row.node, row.pid, expires_at, now=now, node=node):
             continue
-        gone = sa.delete(delivery_claims).where(delivery_claims.c.id == row.id)
-        if utc(row.expires_at) >= now:  # a dead process's: no renewal can race us
-            won = conn.execute(gone.returning(delivery_claims.c.id)).first()
-        else:  # a renewal may have landed since we read it: re-checked under the row lock
-            won = conn.execute(gone.where(delivery_claims.c.expires_at < now)
-                               .returning(delivery_claims.c.id)).first()
-        if won is None:
+        if not _lock_for_adoption(conn, row.id, judged_by_lease=expires_at < now, now=now):
             continue
+        conn.execute(sa.delete(delivery_claims).where(delivery_claims.c.id == row.id))
         doubt, released = ledger.resolve(conn, run_id, policy, token=row.id)
         _ABANDONED.discard(row.id)
         found.claims += 1
@@ -226,10 +222,18 @@ def adopt(conn: sa.Connection, run_id: int, policy: str, *, node: str, now: date
     return found
 
 
-def expired_runs(conn: sa.Connection, now: datetime) -> set[int]:
-    """Runs with a claim whose lease expired by ``now`` (the database's clock)."""
-    return set(conn.execute(sa.select(delivery_claims.c.run_id).distinct()
-                            .where(delivery_claims.c.expires_at < now)).scalars())
+def _lock_for_adoption(conn: sa.Connection, token: int, *, judged_by_lease: bool,
+                       now: datetime) -> bool:
+    """Lock the claim row to delete it. A lease judged expired is re-checked under the lock
+    (a renewal may have landed since it was read); a row locked by its holder's commit or
+    another adopter is skipped, not waited for: a holder stopped mid-transaction must not
+    stall the live nodes (SQLite's BEGIN IMMEDIATE already made us the only writer)."""
+    stmt = sa.select(delivery_claims.c.id).where(delivery_claims.c.id == token)
+    if judged_by_lease:
+        stmt = stmt.where(delivery_claims.c.expires_at < now)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    return conn.execute(stmt).first() is not None
 
 
 # -- CLI heartbeats (the engine's run adoption reads them) ---------------------------------

@@ -13,7 +13,8 @@ from scheduler.store.tables import check_results, deliveries, pauses, runs, trac
 
 RUN_STATUSES = ("done", "failed", "missed", "held", "skipped", "coalesced", "running",
                 "pending")
-DELIVERY_STATUSES = ("sent", "failed", "bounced", "unknown", "pending", "sending", "skipped")
+DELIVERY_STATUSES = ("sent", "failed", "bounced", "unknown", "pending", "sending", "skipped",
+                     "suppressed")
 # Reasons are listed for runs that did not simply go out.
 EXPLAINED = ("failed", "missed", "held", "skipped")
 
