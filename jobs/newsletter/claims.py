@@ -140,12 +140,15 @@ def claim_batch(conn: sa.Connection, run_id: int, limit: int, *, node: str, cloc
     return step
 
 
+_HOLD = sa.select(delivery_claims.c.id).where(delivery_claims.c.id == sa.bindparam("token"))
+_HOLD_LOCKED = _HOLD.with_for_update()
+_FINISH = sa.delete(delivery_claims).where(delivery_claims.c.id == sa.bindparam("token"))
+
+
 def hold(conn: sa.Connection, token: int) -> bool:
     """Lock our claim row for this transaction: False when it was adopted (fenced)."""
-    stmt = sa.select(delivery_claims.c.id).where(delivery_claims.c.id == token)
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    return conn.execute(stmt).first() is not None
+    stmt = _HOLD_LOCKED if conn.dialect.name == "postgresql" else _HOLD
+    return conn.execute(stmt, {"token": token}).first() is not None
 
 
 def renew(conn: sa.Connection, token: int, now: datetime, lease_s: float) -> bool:
@@ -164,7 +167,7 @@ def renew(conn: sa.Connection, token: int, now: datetime, lease_s: float) -> boo
 
 def finish(conn: sa.Connection, token: int) -> None:
     """Every outcome of the batch is recorded: the lease ends."""
-    conn.execute(sa.delete(delivery_claims).where(delivery_claims.c.id == token))
+    conn.execute(_FINISH, {"token": token})
     _ABANDONED.discard(token)
 
 

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from scheduler.clock import utc
 from scheduler.delivery.base import SendOutcome
-from scheduler.store.dialect import insert_for
+from scheduler.store.dialect import in_list, insert_for, list_param
 from scheduler.store.tables import deliveries, delivery_claims, suppressions, tracking_events
 
 MAX_BACKOFF = timedelta(hours=1)
@@ -115,6 +115,46 @@ def mark_on_wire(conn: sa.Connection, token: int, ids: Sequence[int]) -> None:
         conn.execute(sa.update(deliveries).where(
             deliveries.c.id.in_(list(ids)), deliveries.c.claim_id == token,
             deliveries.c.status == "sending").values(on_wire=True))
+
+
+def _settle_statement(dialect: str) -> sa.Update:
+    c = deliveries.c
+    is_sent = in_list(dialect, c.id, "sent")
+    is_mark = in_list(dialect, c.id, "marks")
+    return (sa.update(deliveries)
+            .where(in_list(dialect, c.id, "ids"), c.claim_id == sa.bindparam("token"),
+                   c.status == "sending")
+            .values(status=sa.case((is_sent, "sent"), else_=c.status),
+                    sent_at=sa.case((is_sent, sa.bindparam("at", type_=c.sent_at.type)),
+                                    else_=c.sent_at),
+                    last_code=sa.case((is_sent, 250), else_=c.last_code),
+                    last_error=sa.case((is_sent, sa.null()), else_=c.last_error),
+                    next_attempt_at=sa.case((is_sent, sa.null()), else_=c.next_attempt_at),
+                    on_wire=sa.case((is_mark, sa.true()), else_=c.on_wire))
+            .returning(c.id))
+
+
+# Built once per dialect: constructing (or re-rendering) a statement costs more than running
+# it on the hot path.
+_SETTLE = {name: _settle_statement(name) for name in ("sqlite", "postgresql")}
+
+
+def settle(conn: sa.Connection, token: int, *, sent: Sequence[int], marks: Sequence[int],
+           now: datetime) -> int:
+    """The common group commit in one statement: rows of claim ``token`` that were sent, and
+    rows whose content may cross from now on. Returns how many rows it matched — fewer than
+    asked means some are no longer ours (the claim was adopted): the caller rolls back.
+
+    Each row is fenced by its own condition (``claim_id`` and still ``sending``): an adopter
+    changes both under the row's lock, so of the two writers one sees the other's result.
+    """
+    ids = sorted({*sent, *marks})
+    if not ids:
+        return 0
+    name = conn.dialect.name
+    params = {"ids": list_param(name, ids), "sent": list_param(name, list(sent)),
+              "marks": list_param(name, list(marks)), "token": token, "at": now}
+    return len(conn.execute(_SETTLE[name], params).all())
 
 
 def _in_doubt_values(policy: str) -> dict[str, Any]:

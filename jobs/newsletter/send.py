@@ -283,9 +283,15 @@ class Sender:
         prepared = self.prepared
 
         def jobs() -> Iterator[Job]:
-            for job in enumerate(claim.rows):
-                if book.fenced:  # the claim is another node's now: stop taking its rows
+            rows, ahead = claim.rows, self.wire_window
+            for job in enumerate(rows):
+                if book.stopped:  # the claim is another node's now, or cannot be recorded
                     return
+                # Ask for the marks of the next rows before they are pulled, so a mark is
+                # usually committed by the time its message reaches DATA (the window still
+                # bounds how many are granted).
+                for row in rows[job[0]:job[0] + ahead]:
+                    book.want(row)
                 yield job
 
         def build(job: Job) -> OutgoingMessage | SendOutcome:
@@ -305,7 +311,7 @@ class Sender:
         try:
             await self._hand_over(jobs(), build, done, book)
             for job in enumerate(claim.rows):  # never handed out: released untouched
-                if outcomes[job[0]] is None and not book.fenced:
+                if outcomes[job[0]] is None and not book.stopped:
                     done(job, SendOutcome(ok=False, error="not attempted", attempted=False))
             tally = await book.close()
         except BaseException:

@@ -12,9 +12,11 @@ window, counting the outcomes the same commit records. A ``kill -9`` therefore l
 ``window`` rows in doubt (``unknown`` under at_most_once, re-sent with the same Message-ID under
 at_least_once); every other claimed row goes back to ``pending`` when the claim is adopted.
 
-Every commit first locks the claim row (``claims.hold``): once another node adopted the claim,
-marks are refused (those messages never go out), outcomes are refused and logged, and the
-sender stops the batch. A renewal task keeps the lease alive while the batch is worked.
+Every commit is fenced: the hot path (sent rows and new marks, one statement) is conditional
+row by row on the claim's token, a commit with failures first locks the claim row
+(``claims.hold``). Once another node adopted the claim, the commit is rolled back: marks are
+refused (those messages never go out), outcomes are refused and logged, and the sender stops
+the batch. A renewal task keeps the lease alive while the batch is worked.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,6 +45,10 @@ TRANSIENT_DB_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError)
 Row = ledger.DeliveryRow
 
 
+class _Fenced(Exception):
+    """Raised inside a commit's transaction to roll it back: the claim is not ours."""
+
+
 class WireBook:
     """Marks and outcomes of one claim, group-committed by a task of its own."""
 
@@ -54,6 +61,7 @@ class WireBook:
         self.window = max(1, window)
         self.tally = ledger.BatchTally()
         self.fenced = False
+        self.failed: BaseException | None = None  # the error that stopped the committer
         self.refused = 0  # outcomes reported after the claim was lost
         self.extra: dict[str, Any] = {"job": campaign, "run_id": claim.run_id,
                                       "claim": claim.token}
@@ -63,6 +71,8 @@ class WireBook:
         self._wake = asyncio.Event()
         self._closing = False
         self._committer: asyncio.Task[None] | None = None
+        self._conn: sa.Connection | None = None
+        self._conn_lock = threading.Lock()
         self._renewer: asyncio.Task[None] | None = None
 
     def start(self) -> WireBook:
@@ -72,16 +82,22 @@ class WireBook:
 
     # -- what the transport calls --------------------------------------------------------
 
+    @property
+    def stopped(self) -> bool:
+        """Nothing more may cross: the claim was lost, or its commits cannot be made."""
+        return self.fenced or self.failed is not None
+
     def want(self, row: Row) -> None:
         """``row`` is about to be sent: ask for its mark in the next commit."""
-        if self.fenced or row.id in self._marked or row.id in self._wanted:
+        if self.stopped or row.id in self._marked or row.id in self._wanted:
             return
         self._wanted[row.id] = (row, asyncio.get_running_loop().create_future())
         self._wake.set()
 
     async def cross(self, row: Row) -> bool:
-        """Wait until ``row`` is marked ``on_wire``; False: never send it (lease lost)."""
-        if self.fenced:
+        """Wait until ``row`` is marked ``on_wire``; False: never send it (lease lost, or the
+        database cannot record it)."""
+        if self.stopped:
             return False
         if row.id in self._marked:
             return True
@@ -110,6 +126,7 @@ class WireBook:
                 await self._committer
         finally:
             await self._stop_renewing()
+            await self.ctx.in_thread(self._disconnect)
         if self.fenced:
             log.warning("delivery claim %d ended fenced: %d late outcome(s) refused in all",
                         self.claim.token, self.refused,
@@ -124,6 +141,7 @@ class WireBook:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        await self.ctx.in_thread(self._disconnect)
 
     # -- the committer ---------------------------------------------------------------------
 
@@ -162,7 +180,8 @@ class WireBook:
                         entry[1].set_result(True)
                 if final:
                     return
-        except BaseException:
+        except BaseException as exc:
+            self.failed = exc
             self._refuse_all()
             raise
 
@@ -186,18 +205,71 @@ class WireBook:
 
     def _commit_once(self, outcomes: list[tuple[Row, SendOutcome]], marks: list[Row],
                      final: bool) -> ledger.BatchTally | None:
+        with self._conn_lock:
+            return self._commit_locked(outcomes, marks, final)
+
+    def _commit_locked(self, outcomes: list[tuple[Row, SendOutcome]], marks: list[Row],
+                       final: bool) -> ledger.BatchTally | None:
         token = self.claim.token
-        with self.ctx.begin() as conn:
-            if not claims.hold(conn, token):
-                return None
-            tally = ledger.BatchTally()
-            if outcomes:
-                tally = ledger.record(conn, campaign=self.campaign, run_id=self.claim.run_id,
-                                      token=token, results=outcomes, now=self.ctx.clock.now(),
-                                      due_base=self.claim.db_time.now(), policy=self.policy)
-            ledger.mark_on_wire(conn, token, [row.id for row in marks])
+        conn = self._connection()
+        try:
+            with conn.begin():
+                if all(out.ok for _row, out in outcomes):
+                    tally = self._settle(conn, outcomes, marks)
+                else:
+                    tally = self._record(conn, outcomes, marks)
+                if final:
+                    claims.finish(conn, token)
+        except _Fenced:
+            return None  # rolled back: nothing of this commit was written
+        except TRANSIENT_DB_ERRORS:
+            self._drop_connection()  # the retry gets a fresh connection
+            raise
+        finally:
             if final:
-                claims.finish(conn, token)
+                self._drop_connection()
+        return tally
+
+    def _connection(self) -> sa.Connection:
+        """One connection for the batch's commits (in the commit thread, used by one commit at
+        a time): no pool checkout, and no ping on PostgreSQL, per group commit."""
+        if self._conn is None:
+            self._conn = self.ctx.db.connect()
+        return self._conn
+
+    def _disconnect(self) -> None:
+        """Close the batch's connection once no commit uses it (a cancelled committer's
+        thread may still be in one: the lock waits for it)."""
+        with self._conn_lock:
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                conn.close()
+
+    def _settle(self, conn: sa.Connection, outcomes: list[tuple[Row, SendOutcome]],
+                marks: list[Row]) -> ledger.BatchTally:
+        """The hot path: only sent rows and new marks, one statement fenced row by row."""
+        sent = [row.id for row, _out in outcomes]
+        wanted = len({*sent, *(row.id for row in marks)})
+        matched = ledger.settle(conn, self.claim.token, sent=sent,
+                                marks=[row.id for row in marks], now=self.ctx.clock.now())
+        if matched != wanted:
+            raise _Fenced
+        return ledger.BatchTally(sent=len(sent))
+
+    def _record(self, conn: sa.Connection, outcomes: list[tuple[Row, SendOutcome]],
+                marks: list[Row]) -> ledger.BatchTally:
+        """Failures, retries, bounces: the claim row is locked first, then row by row."""
+        token = self.claim.token
+        if not claims.hold(conn, token):
+            raise _Fenced
+        tally = ledger.record(conn, campaign=self.campaign, run_id=self.claim.run_id,
+                              token=token, results=outcomes, now=self.ctx.clock.now(),
+                              due_base=self.claim.db_time.now(), policy=self.policy)
+        ledger.mark_on_wire(conn, token, [row.id for row in marks])
         return tally
 
     # -- the lease -------------------------------------------------------------------------
