@@ -109,6 +109,7 @@ class ClaimStep:
     wait_s: float = 0.0
     suppressed: int = 0
     rows: list[ledger.DeliveryRow] = field(default_factory=list)
+    contended: bool = False  # came back short: rows left were locked by another claimer
 
 
 def claim_batch(conn: sa.Connection, run_id: int, limit: int, *, node: str, clock: Clock,
@@ -117,12 +118,16 @@ def claim_batch(conn: sa.Connection, run_id: int, limit: int, *, node: str, cloc
     db_time = DbTime.read(conn, clock)
     now = db_time.at
     rows = ledger.candidates(conn, run_id, limit, now)
+    # SKIP LOCKED came back short while due rows remain: another node is claiming them (only
+    # counted, for `bench/cluster.py`'s claim conflicts; SQLite has a single writer).
+    contended = (len(rows) < limit and conn.dialect.name == "postgresql"
+                 and ledger.due_count(conn, run_id, now) > len(rows))
     if not rows:
-        return ClaimStep()
+        return ClaimStep(contended=contended)
     gone = suppressions.suppressed_among(conn, [r.recipient for r in rows])
     ledger.suppress(conn, [r.id for r in rows if r.recipient in gone])
     rows = [r for r in rows if r.recipient not in gone]
-    step = ClaimStep(suppressed=len(gone))
+    step = ClaimStep(suppressed=len(gone), contended=contended)
     if not rows:
         return step
     step.wait_s = limiter.reserve(conn, len(rows), now)

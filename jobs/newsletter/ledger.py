@@ -91,6 +91,12 @@ def candidates(conn: sa.Connection, run_id: int, limit: int, now: datetime
     return list(conn.execute(select))
 
 
+def due_count(conn: sa.Connection, run_id: int, now: datetime) -> int:
+    """Due pending rows of the run, locked by a claimer or not."""
+    return int(conn.execute(sa.select(sa.func.count()).where(due_pending(run_id, now)))
+               .scalar() or 0)
+
+
 def suppress(conn: sa.Connection, ids: Sequence[int]) -> None:
     """Rows whose recipient was suppressed after materialisation: they never go out."""
     if ids:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +91,9 @@ class Sender:
         self.stats: dict[str, Any] = {}
         self.extra = {"job": self.campaign.name, "run_id": run_id, "helper": helper}
         self._stats_at = 0.0
+        # claims made, claims that came back short because another node held the rows left,
+        # rows adopted from dead claims, rows suppressed at claim time.
+        self.counters: Counter[str] = Counter(claims=0, contended=0, adopted=0, suppressed=0)
 
     # -- materialise -------------------------------------------------------------------------
 
@@ -157,6 +160,13 @@ class Sender:
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> RunResult:
+        try:
+            return await self._run()
+        finally:
+            log.info("sender finished: %d batches claimed", self.counters["claims"],
+                     extra={**self.extra, "action": "sender_done", **self.counters})
+
+    async def _run(self) -> RunResult:
         if self.helper:
             self.stats = await self.ctx.in_thread(self._stored_stats)
             if not self.stats.get("materialised"):
@@ -256,6 +266,9 @@ class Sender:
             log.warning("%d deliveries were mid-send when their sender died: re-sending with "
                         "the same Message-ID", adopted.in_doubt,
                         extra={**self.extra, "action": "recover", "count": adopted.in_doubt})
+        self.counters.update(claims=int(step.claim is not None), contended=int(step.contended),
+                             adopted=adopted.in_doubt + adopted.released,
+                             suppressed=step.suppressed)
         if step.suppressed:
             log.info("%d recipients suppressed since materialisation: not sent",
                      step.suppressed, extra={**self.extra, "action": "suppressed_at_claim",
