@@ -210,6 +210,7 @@ class Chaos:
     policy: str
     kills: int
     in_doubt_per_kill: list[int]
+    in_doubt: int  # distinct rows (a node killed again before it recovered counts once)
     unknown: int
     lost: int
     doubled: int
@@ -251,8 +252,8 @@ def chaos(base_url: str, policy: str, recipients: int, kills: int, work: Path,
     lost = [r for r in addresses if counts[r] == 0 and r not in unknown]
     doubled = [r for r, c in counts.items() if c > 1]
     foreign = sum(1 for r, got in ids.items() if got != {f"<{ledger[r].message_id}>"})
-    result = Chaos(policy, kills, [len(d) for d in in_doubt], len(unknown), len(lost),
-                   len(doubled), len(set(doubled) - doubted), foreign)
+    result = Chaos(policy, kills, [len(d) for d in in_doubt], len(doubted), len(unknown),
+                   len(lost), len(doubled), len(set(doubled) - doubted), foreign)
     bound = all(len(d) <= 2 * CONNECTIONS for d in in_doubt)
     if policy == "at_most_once":
         result.ok = bound and not doubled and not lost and unknown <= doubted
@@ -319,7 +320,8 @@ def main() -> int:
             c = chaos(args.database_url, policy, n // 3 if args.quick else n // 2, kills,
                       work, rng)
             print(f"chaos {policy}: {c.kills} kills (in doubt per kill {c.in_doubt_per_kill}, "
-                  f"bound {2 * CONNECTIONS}): unknown {c.unknown}, lost {c.lost}, doubled "
+                  f"bound {2 * CONNECTIONS}; {c.in_doubt} distinct rows): unknown {c.unknown}, "
+                  f"lost {c.lost}, doubled "
                   f"{c.doubled} (outside a kill's doubt {c.doubled_outside_doubt}), other "
                   f"Message-IDs {c.foreign_ids} — {'ok' if c.ok else 'FAILED'}")
             ok = ok and c.ok

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from scheduler.clock import utc
 from scheduler.delivery.base import SendOutcome
-from scheduler.store.dialect import in_list, insert_for, list_param
+from scheduler.store.dialect import in_list, insert_for, list_param, skip_locked
 from scheduler.store.tables import deliveries, delivery_claims, suppressions, tracking_events
 
 MAX_BACKOFF = timedelta(hours=1)
@@ -86,9 +86,7 @@ def candidates(conn: sa.Connection, run_id: int, limit: int, now: datetime
     select = (sa.select(deliveries.c.id, deliveries.c.recipient, deliveries.c.attempts,
                         deliveries.c.message_id, deliveries.c.variables)
               .where(due_pending(run_id, now)).order_by(deliveries.c.id).limit(limit))
-    if conn.dialect.name == "postgresql":
-        select = select.with_for_update(skip_locked=True)
-    return list(conn.execute(select))
+    return list(conn.execute(skip_locked(conn, select)))
 
 
 def due_count(conn: sa.Connection, run_id: int, now: datetime) -> int:
