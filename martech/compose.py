@@ -12,6 +12,7 @@ from jobs.guard import kind as guard
 from jobs.newsletter import kind as newsletter
 from jobs.reminders import kind as reminders
 from jobs.report import kind as report
+from scheduler import trust_cli
 from scheduler.config.loader import LoadedConfig
 from scheduler.config.loader import load_config as load_config_of
 from scheduler.kinds import Registry
@@ -23,6 +24,7 @@ def build_registry() -> Registry:
     registry = Registry()
     for module in KIND_MODULES:
         module.register(registry)
+    registry.cli.append(trust_cli.register)  # keygen, forget, export-person
     return registry
 
 

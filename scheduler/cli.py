@@ -6,7 +6,6 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
-from datetime import timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -17,17 +16,29 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import exc as sa_exc
 
-from scheduler.clock import SystemClock, utc
+from scheduler.clock import SystemClock
 from scheduler.config.loader import LoadedConfig
 from scheduler.config.schema import write_schemas
 from scheduler.context import ServiceContext
+from scheduler.delivery import budget as render_budget
+from scheduler.delivery.linkcheck import LinkCache, LinkChecker
 from scheduler.engine import Engine, next_fire_times
-from scheduler.errors import ConfigError, MartechError, UnknownCampaign
+from scheduler.errors import ConfigError, MartechError, Problem, UnknownCampaign
+from scheduler.keys import check_keys
 from scheduler.kinds import Registry
 from scheduler.logs import setup_logging
 from scheduler.service import Service, load_and_validate
 from scheduler.settings import Settings, mask_url
-from scheduler.status import campaign_rows, campaigns_table, check_rows, checks_table
+from scheduler.status import (
+    campaign_rows,
+    campaigns_table,
+    check_rows,
+    checks_table,
+    node_rows,
+    nodes_table,
+    zone_progress,
+    zones_table,
+)
 from scheduler.store import heartbeats, pauses
 from scheduler.store import runs as run_store
 from scheduler.store.db import current_revision, make_engine, upgrade
@@ -57,6 +68,7 @@ class State:
                          f"{e['msg']}" for e in exc.errors()]
                 raise click.ClickException("\n".join(lines)) from None
             setup_logging(self._settings)
+            render_budget.configure(self._settings.render_budget_ms)
         return self._settings
 
     def config(self) -> LoadedConfig:
@@ -141,6 +153,7 @@ def make_cli(registry: Registry) -> click.Group:
 @friendly_errors
 def run(state: State) -> None:
     """Run the service until SIGINT/SIGTERM; SIGHUP or a file change reloads config."""
+    check_keys(state.settings)  # a guessable key behind a public URL: refuse before anything
     config = state.config()
     service = Service(state.settings, state.registry, console=console)
     sys.exit(asyncio.run(service.run(config)))
@@ -148,17 +161,37 @@ def run(state: State) -> None:
 
 @click.command()
 @click.argument("directory", required=False, type=click.Path(path_type=Path))
+@click.option("--links", "with_links", is_flag=True,
+              help="Also check every link the campaigns contain (fetches each once).")
 @click.pass_obj
 @friendly_errors
-def validate(state: State, directory: Path | None) -> None:
+def validate(state: State, directory: Path | None, with_links: bool) -> None:
     """Check every config file, template and audience; print each problem as file:line."""
     if directory is not None:
         state._overrides["config_dir"] = directory
     config = state.config()
+    for warn in state.registry.warnings:
+        for text in warn(config, state.settings):
+            click.echo(f"warning: {text}", err=True)
     checks = len(config.checks.checks)
+    if with_links:
+        checked, problems = asyncio.run(link_problems(state, config))
+        if problems:
+            raise ConfigError(problems)
+        click.echo(f"links: {checked} distinct link(s) checked — none broken")
     # click.echo, not rich: the summary must stay one line however narrow the terminal.
     click.echo(f"ok: {len(config.campaigns)} campaign(s), {checks} check(s) in "
                f"{state.settings.config_dir} — no problems")
+
+
+async def link_problems(state: State, config: LoadedConfig) -> tuple[int, list[Problem]]:
+    """Every campaign's links checked (each distinct URL once); a problem per broken one."""
+    by_campaign = state.registry.campaign_links(config, state.settings)
+    checker = LinkChecker(LinkCache(SystemClock()), timeout_s=state.settings.http_timeout_s)
+    results = await checker.check(u for urls in by_campaign.values() for u in urls)
+    problems = [config.campaign_problem(name, (), f"broken link {url} ({results[url].detail})")
+                for name, urls in by_campaign.items() for url in urls if not results[url].ok]
+    return len(results), problems
 
 
 @click.command()
@@ -194,18 +227,29 @@ def settings_cmd(state: State, as_json: bool) -> None:
 @click.pass_obj
 @friendly_errors
 def status(state: State, as_json: bool) -> None:
-    """Campaigns (next and last run, pause reasons) and checks (state, last result)."""
+    """Campaigns (next and last run, pause reasons), checks (state, last result) and nodes
+    (last heartbeat by the database's clock, alive or dead, what each holds)."""
     config = state.config()
     db = state.db()
     next_times = next_fire_times(state.registry.specs(config), SystemClock().now())
-    with db.begin() as conn:
-        rows = campaign_rows(conn, config, next_times)
-        if as_json:
-            click.echo(json.dumps({"campaigns": rows, "checks": check_rows(conn, config)},
-                                  indent=2, default=str))
-            return
-        console.print(campaigns_table(rows))
-        console.print(checks_table(conn, config))
+    stale_after_s = heartbeats.stale_after_s(state.settings.heartbeat_interval_s)
+    try:
+        with db.begin() as conn:
+            rows = campaign_rows(conn, config, next_times)
+            sending = zone_progress(conn)
+            nodes = node_rows(conn, stale_after_s)
+            if as_json:
+                click.echo(json.dumps({"campaigns": rows, "checks": check_rows(conn, config),
+                                       "sending_by_zone": sending, "nodes": nodes},
+                                      indent=2, default=str))
+                return
+            console.print(campaigns_table(rows))
+            if sending:
+                console.print(zones_table(sending))
+            console.print(checks_table(conn, config))
+            console.print(nodes_table(nodes))
+    finally:
+        db.dispose()
 
 
 def _known(config: LoadedConfig, name: str) -> None:
@@ -278,14 +322,22 @@ def resume(state: State, name: str) -> None:
 @click.pass_obj
 @friendly_errors
 def health(state: State, max_age_s: float) -> None:
-    """Exit 0 if this node's service heartbeat is fresh, 1 otherwise (container checks)."""
-    with state.db(migrate=False).begin() as conn:
-        rows = [r for r in heartbeats.latest(conn)
-                if r.node == state.settings.node_name and r.role == "service"]
-    if rows and SystemClock().now() - utc(rows[0].at) < timedelta(seconds=max_age_s):
-        console.print(f"healthy: last heartbeat {rows[0].at.isoformat()}", markup=False)
+    """Exit 0 if this node's service heartbeat is fresh, 1 otherwise (container checks).
+
+    Never migrates (a probe must not change the schema under a running service); the age is
+    the database's, by the clock that stamped the beat.
+    """
+    engine = state.db(migrate=False)
+    try:
+        with engine.begin() as conn:
+            age_s = heartbeats.age_of(conn, state.settings.node_name, "service")
+    finally:
+        engine.dispose()
+    if age_s is not None and age_s < max_age_s:
+        console.print(f"healthy: last heartbeat {age_s:.0f}s ago", markup=False)
         return
-    console.print("unhealthy: no recent heartbeat", markup=False)
+    console.print("unhealthy: no recent heartbeat" if age_s is None
+                  else f"unhealthy: last heartbeat {age_s:.0f}s ago", markup=False)
     sys.exit(1)
 
 

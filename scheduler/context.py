@@ -15,6 +15,8 @@ from sqlalchemy.engine import Engine
 from scheduler.clock import Clock, SystemClock
 from scheduler.config.loader import LoadedConfig
 from scheduler.settings import Settings
+from scheduler.signals import Signals
+from scheduler.store import signals as store_signals
 
 T = TypeVar("T")
 
@@ -27,6 +29,7 @@ class ServiceContext:
     clock: Clock = field(default_factory=SystemClock)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     extras: dict[str, Any] = field(default_factory=dict)  # per-kind shared objects (pools, …)
+    signals: Signals = field(default_factory=Signals)  # pause/suppression wake-ups (signals.py)
 
     @property
     def node(self) -> str:
@@ -34,9 +37,15 @@ class ServiceContext:
 
     @contextmanager
     def begin(self) -> Iterator[sa.Connection]:
-        """One transaction."""
+        """One transaction; changes it announced (``store.signals.notify``) wake this
+        process's waiters once it has committed."""
         with self.db.begin() as conn:
-            yield conn
+            try:
+                yield conn
+            finally:
+                topics = store_signals.take_pending(conn)
+        if topics:
+            self.signals.fire(*topics)
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking database work off the event loop."""

@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
-from scheduler.clock import utc
 from scheduler.context import ServiceContext
+from scheduler.http_metrics import HttpMetrics
 from scheduler.kinds import HttpRoutes
+from scheduler.ledger_metrics import FinishedRuns
+from scheduler.logs import RouteAccessLogger, guard_http_loggers
 from scheduler.metrics import render_from_db
 from scheduler.store import heartbeats
 
@@ -27,13 +29,40 @@ log = logging.getLogger("martech.http")
 HEALTH_MAX_AGE_S = 60.0  # the default of `martech health --max-age-s`
 SHUTDOWN_TIMEOUT_S = 2.0  # in-flight requests are tiny; never hold up the service's stop
 MAX_BODY_BYTES = 16 * 1024  # the only bodies we read are one-click form posts
+LINGER_S = 2.0
 BIND_RETRY_S = (1.0, 30.0)  # first and longest wait before retrying a port that is taken
 # The classic text format, which is what generate_latest() writes and every Prometheus reads.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+def request_deadline(timeout_s: float) -> Middleware:
+    """A request (its body included) that takes longer than ``timeout_s`` gets 408 and its
+    connection closed: a client dribbling a body must not hold a handler for ever."""
+
+    @web.middleware
+    async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+        timer = asyncio.timeout(timeout_s)
+        try:
+            async with timer:
+                return await handler(request)
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            log.info("request took longer than %.0fs; closed", timeout_s,
+                     extra={"action": "http_timeout"})
+            response = web.Response(status=408, text="Request Timeout\n")
+            response.force_close()
+            return response
+
+    return deadline
+
+
 def build_app(ctx: ServiceContext, routes: Sequence[HttpRoutes] = ()) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    http_metrics = HttpMetrics(ctx.clock)
+    finished = FinishedRuns()  # settled runs' counts, kept between scrapes
+    # Outermost first: the metrics count the deadline's 408s too.
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[
+        http_metrics.middleware(), request_deadline(ctx.settings.http_request_timeout_s)])
 
     async def healthz(_request: web.Request) -> web.Response:
         age_s = await ctx.in_thread(_heartbeat_age_s, ctx)
@@ -44,7 +73,7 @@ def build_app(ctx: ServiceContext, routes: Sequence[HttpRoutes] = ()) -> web.App
         return web.Response(text=f"ok: last heartbeat {age_s:.0f}s ago\n")
 
     async def metrics(_request: web.Request) -> web.Response:
-        body = await ctx.in_thread(_render_metrics, ctx)
+        body = await ctx.in_thread(_render_metrics, ctx, finished, http_metrics)
         return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     app.router.add_get("/healthz", healthz)
@@ -55,26 +84,32 @@ def build_app(ctx: ServiceContext, routes: Sequence[HttpRoutes] = ()) -> web.App
 
 
 def _heartbeat_age_s(ctx: ServiceContext) -> float | None:
-    """Seconds since this node's service heartbeat, like ``martech health``."""
+    """Seconds since this node's service heartbeat by the database's clock (the clock that
+    stamped it), like ``martech health``."""
     with ctx.begin() as conn:
-        rows = [r for r in heartbeats.latest(conn) if r.node == ctx.node and r.role == "service"]
-    if not rows:
-        return None
-    age: timedelta = ctx.clock.now() - utc(rows[0].at)
-    return max(age.total_seconds(), 0.0)
+        return heartbeats.age_of(conn, ctx.node, "service")
 
 
-def _render_metrics(ctx: ServiceContext) -> bytes:
+def _render_metrics(ctx: ServiceContext, finished: FinishedRuns, http: HttpMetrics) -> bytes:
     config = ctx.config  # read afresh: a reload swaps it
     with ctx.begin() as conn:
-        return render_from_db(conn, list(config.checks.checks), list(config.campaigns))
+        return render_from_db(conn, list(config.checks.checks), list(config.campaigns),
+                              now=ctx.clock.now(), finished=finished, extra=[http])
 
 
 async def run_http_app(ctx: ServiceContext, routes: Sequence[HttpRoutes] = ()) -> None:
     """Serve until ``ctx.stopping``; a taken port is logged and retried, never fatal."""
     host, port = ctx.settings.http_host, ctx.settings.http_port
-    # access_log=None: the request line carries unsubscribe tokens, which carry addresses.
-    runner = web.AppRunner(build_app(ctx, routes), access_log=None,
+    guard_http_loggers()
+    # Paths carry tokens: the access log names the route pattern, never the path. The
+    # keep-alive timer runs from the connection's start, so it also closes connections that
+    # never finish sending their headers (aiohttp has no separate header timeout).
+    runner = web.AppRunner(build_app(ctx, routes), access_log_class=RouteAccessLogger,
+                           access_log=logging.getLogger("aiohttp.access"),
+                           keepalive_timeout=ctx.settings.http_idle_timeout_s,
+                           # A body left unread (a bad token answered at once) is drained
+                           # this long before closing, not aiohttp's 10 s.
+                           lingering_time=min(LINGER_S, ctx.settings.http_request_timeout_s),
                            shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:

@@ -89,9 +89,23 @@ class AbandonsRuns(Protocol):
                            reason: str) -> None: ...
 
 
+class HasLinks(Protocol):
+    """The optional hook of a :class:`JobKind` whose campaigns contain links.
+
+    ``campaign_links(campaign, config, settings)`` returns the distinct http(s) links the
+    campaign will send people to, as its runs would (a newsletter: rendered for its audience,
+    UTM-tagged); ``martech validate --links`` checks them. Looked up with getattr.
+    """
+
+    def campaign_links(self, campaign: Any, config: LoadedConfig, settings: Settings
+                       ) -> list[str]: ...
+
+
 ServiceComponent = Callable[[ServiceContext], Awaitable[None]]
 CliRegistrar = Callable[[click.Group], None]
 HttpRoutes = Callable[[web.Application, ServiceContext], None]
+# Advice that is no error (the config runs as it is): ``martech validate`` prints it.
+ConfigWarnings = Callable[[LoadedConfig, Settings], list[str]]
 
 
 @dataclass
@@ -103,6 +117,7 @@ class Registry:
     cli: list[CliRegistrar] = field(default_factory=list)
     http_routes: list[HttpRoutes] = field(default_factory=list)
     list_files: list[ListFile] = field(default_factory=list)
+    warnings: list[ConfigWarnings] = field(default_factory=list)
 
     def add_kind(self, job: JobKind, list_file: ListFile | None = None) -> None:
         """Register ``job``; ``list_file`` also reads its campaigns from a file of their own."""
@@ -126,6 +141,15 @@ class Registry:
                 continue
             for spec in self.kinds[campaign.kind].schedules(campaign, config):
                 out[spec.key] = spec
+        return out
+
+    def campaign_links(self, config: LoadedConfig, settings: Settings) -> dict[str, list[str]]:
+        """Each enabled campaign's links, from the kinds that have the optional hook."""
+        out: dict[str, list[str]] = {}
+        for name, campaign in config.campaigns.items():
+            hook = getattr(self.kinds.get(campaign.kind), "campaign_links", None)
+            if hook is not None and campaign.enabled:
+                out[name] = list(hook(campaign, config, settings))
         return out
 
     def validate(self, config: LoadedConfig, settings: Settings) -> list[Problem]:

@@ -1,4 +1,5 @@
-"""Prometheus-style metric objects for the guard (served by the HTTP app once it exists).
+"""Prometheus metrics: the guard's gauges here, sending/outbox/nodes in ``ledger_metrics``,
+HTTP requests in ``http_metrics``; all served by the HTTP app's ``/metrics``.
 
 A private registry, so tests and several services in one process never collide; the text
 exposition comes from :func:`render`.
@@ -7,10 +8,19 @@ exposition comes from :func:`render`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
+from scheduler.ledger_metrics import (
+    Collects,
+    Families,
+    FinishedRuns,
+    page_families,
+    sending_families,
+    service_families,
+)
 from scheduler.store import pauses
 from scheduler.store.tables import check_results, check_state
 
@@ -68,8 +78,17 @@ class GuardMetrics:
         return bytes(generate_latest(self.registry))
 
 
-def render_from_db(conn: sa.Connection, checks: Iterable[str], campaigns: Iterable[str]
-                   ) -> bytes:
+def render_from_db(conn: sa.Connection, checks: Iterable[str], campaigns: Iterable[str], *,
+                   now: datetime, finished: FinishedRuns | None = None,
+                   extra: Iterable[Collects] = ()) -> bytes:
+    """Every metric as of ``now`` (the caller's clock); ``finished`` carries settled runs'
+    counts from one scrape to the next; ``extra`` adds in-process families (HTTP requests)."""
+    checks = list(checks)
     metrics = GuardMetrics()
     metrics.refresh(conn, checks, campaigns)
+    families = [*sending_families(conn, now, finished or FinishedRuns()),
+                *service_families(conn, now), *page_families(conn, checks)]
+    metrics.registry.register(Families(families))
+    for collector in extra:
+        metrics.registry.register(collector)
     return metrics.render()

@@ -36,6 +36,7 @@ class Schedule:
     start: datetime | None = None  # aware; interval anchor and earliest fire
     end: datetime | None = None  # aware; no fire after
     lead: timedelta = timedelta(0)  # fire this long before each occurrence (reminders)
+    label: str | None = None  # the zone as `status` names it, when not `timezone` (per recipient)
     _cron: CronExpression | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -51,7 +52,7 @@ class Schedule:
 
     def describe(self) -> str:
         if self.cron:
-            return f"cron {self.cron} ({self.timezone})"
+            return f"cron {self.cron} ({self.label or self.timezone})"
         if self.interval is not None:
             return f"every {format_duration(self.interval)}"
         assert self.at is not None

@@ -13,12 +13,15 @@ from rich.console import Console
 from scheduler.clock import Clock, SystemClock
 from scheduler.config.loader import LoadedConfig, config_fingerprint, load_config
 from scheduler.context import ServiceContext
+from scheduler.delivery import budget as render_budget
 from scheduler.engine import Engine
 from scheduler.errors import ConfigError
 from scheduler.http_app import run_http_app
+from scheduler.keys import signer_for
 from scheduler.kinds import Registry, ServiceComponent
 from scheduler.outbox import run_outbox
 from scheduler.settings import Settings
+from scheduler.signals import run_listener
 from scheduler.status import checks_table, schedule_table
 from scheduler.store.db import make_engine, upgrade
 
@@ -56,6 +59,9 @@ class Service:
         self._reload.set()
 
     async def run(self, config: LoadedConfig) -> int:
+        """:raises InsecureSecretKey: a public URL with a guessable key; nothing is started."""
+        signer_for(self.settings)  # refuse before anything listens; log a generated key
+        render_budget.configure(self.settings.render_budget_ms)
         db = make_engine(self.settings.database_url)
         await asyncio.to_thread(upgrade, db)
         self.ctx = ctx = ServiceContext(self.settings, config, db, self.clock)
@@ -84,12 +90,17 @@ class Service:
 
     def components(self) -> dict[str, ServiceComponent]:
         """The mechanisms every service runs (the outbox that carries reminders and IT's
-        alerts, the HTTP app with the kinds' routes), then the kinds' own components."""
+        alerts, the HTTP app with the kinds' routes, the LISTEN connection that wakes this
+        node on pause changes and unsubscribes), then the kinds' own components."""
 
         async def http(ctx: ServiceContext) -> None:
             await run_http_app(ctx, self.registry.http_routes)
 
-        return {"outbox": run_outbox, "http": http, **self.registry.components}
+        async def signals(ctx: ServiceContext) -> None:
+            await run_listener(ctx.db.url, ctx.signals, ctx.stopping)
+
+        return {"outbox": run_outbox, "http": http, "signals": signals,
+                **self.registry.components}
 
     async def _supervise(self, name: str, component: Any) -> None:
         """Keep a background component (guard, outbox) alive across its own failures."""

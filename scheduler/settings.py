@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class TransportKind(StrEnum):
@@ -22,6 +24,11 @@ class SmtpSecurity(StrEnum):
     none = "none"
     starttls = "starttls"
     tls = "tls"
+
+
+class ImapSecurity(StrEnum):
+    none = "none"
+    tls = "tls"  # implicit TLS (port 993); aioimaplib has no STARTTLS
 
 
 class LogFormat(StrEnum):
@@ -72,12 +79,27 @@ class Settings(BaseSettings):
     public_base_url: str | None = Field(
         default=None, description="public URL of the tracking endpoints, e.g. https://mt.acme.com"
     )
-    secret_key: SecretStr = Field(
-        default=SecretStr("insecure-dev-key-change-me"),
-        description="HMAC key for links and unsubscribe tokens",
-    )
+    # Keys (scheduler/keys.py): with a public URL the key must be set and >= 32 bytes.
+    secret_key: SecretStr | None = Field(
+        default=None, description="HMAC key (>= 32 bytes) for links; `martech keygen` prints one")
+    previous_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="rotated-out keys that still verify (comma-separated)")
+    render_budget_ms: int = Field(
+        default=1000, gt=0, description="work budget of rendering one message's templates")
+    calendar_token: SecretStr | None = Field(
+        default=None, description="secret of the iCalendar feed URL /calendar/<token>.ics; "
+        "change it to revoke the URL (unset: no feed)")
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8025, ge=0, le=65535)
+    http_idle_timeout_s: float = Field(
+        default=15.0, gt=0, description="close connections idle or still sending headers")
+    http_request_timeout_s: float = Field(
+        default=10.0, gt=0, description="answer 408 to a request (body included) taking longer")
+    unsubscribe_posts_per_min: int = Field(
+        default=10, ge=0, description="per client address; 0 turns the limit off")
+    http_trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="reverse proxies whose X-Forwarded-For names the client (comma-separated)")
 
     log_format: LogFormat = LogFormat.text
     log_level: str = "INFO"
@@ -92,11 +114,49 @@ class Settings(BaseSettings):
                     "long (the database's clock) is adopted by a live node",
     )
 
+    # -- deliverability (issue 12): DKIM, bounces and complaints that come back later --------
+    dkim_private_key_file: Path | None = Field(
+        default=None, description="PEM RSA key; with selector and domain, every message is signed")
+    dkim_selector: str | None = Field(default=None, description="e.g. mt2026")
+    dkim_domain: str | None = Field(default=None, description="d= of the signature, e.g. acme.com")
+    bounce_address: str | None = Field(
+        default=None, description="bounces@acme.com: Return-Path becomes bounces+<token>@acme.com")
+    feedback_id_sender: str = Field(default="martech", description="last field of Feedback-ID")
+    inbound_smtp_enabled: bool = Field(
+        default=False, description="receive bounces, complaints and mailto: unsubscribes")
+    inbound_smtp_host: str = "127.0.0.1"
+    inbound_smtp_port: int = Field(default=2525, ge=0, le=65535)
+    inbound_max_message_bytes: int = Field(default=10_000_000, gt=0)
+    imap_host: str | None = Field(default=None, description="poll this mailbox for bounces")
+    imap_port: int = Field(default=993, ge=0, le=65535)
+    imap_security: ImapSecurity = ImapSecurity.tls
+    imap_validate_certs: bool = True
+    imap_user: str | None = None
+    imap_password: SecretStr | None = None
+    imap_folder: str = "INBOX"
+    imap_poll_s: float = Field(default=60.0, gt=0)
+    imap_timeout_s: float = Field(default=30.0, gt=0)
+    soft_bounce_limit: int = Field(default=3, ge=1, description="soft bounces that suppress")
+    soft_bounce_window_days: float = Field(default=30.0, gt=0)
+
     @field_validator("database_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
         if "://" not in value:
             raise ValueError("expected an SQLAlchemy URL like sqlite:///var/martech.db")
+        return value
+
+    @field_validator("previous_secret_keys", "http_trusted_proxies", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        # One env variable or secret file: comma- or whitespace-separated, a JSON list also works.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [v for v in re.split(r"[\s,]+", text) if v]
+        if isinstance(value, SecretStr):
+            return cls._split_list(value.get_secret_value())
         return value
 
     @property
@@ -110,6 +170,8 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 value = "********" if value.get_secret_value() else ""
+            elif name == "previous_secret_keys":
+                value = ["********" for _key in value]
             elif name == "database_url":
                 value = mask_url(value)
             elif isinstance(value, Path | StrEnum):

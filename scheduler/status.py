@@ -1,20 +1,20 @@
-"""What ``martech status`` and the start-up banner show: campaigns, schedules, checks."""
+"""What ``martech status`` and the start-up banner show: campaigns, schedules, checks, nodes."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from rich.table import Table
 
+from scheduler.clock import utc
 from scheduler.config.loader import LoadedConfig
-from scheduler.store import pauses
+from scheduler.engine import Engine
+from scheduler.store import checks as check_store
+from scheduler.store import heartbeats, pauses
 from scheduler.store import runs as run_store
-from scheduler.store.tables import check_results, check_state
-
-if TYPE_CHECKING:
-    from scheduler.engine import Engine
+from scheduler.store.tables import check_results, check_state, deliveries, runs
 
 
 def fmt_time(value: datetime | None) -> str:
@@ -53,7 +53,8 @@ def check_rows(conn: sa.Connection, config: LoadedConfig) -> list[dict[str, Any]
     for name, check in config.checks.checks.items():
         state = states.get(name)
         last = conn.execute(
-            sa.select(check_results.c.outcome, check_results.c.detail, check_results.c.at)
+            sa.select(check_results.c.outcome, check_results.c.detail, check_results.c.at,
+                      check_results.c.findings)
             .where(check_results.c.check_name == name)
             .order_by(check_results.c.at.desc()).limit(1)
         ).first()
@@ -64,6 +65,7 @@ def check_rows(conn: sa.Connection, config: LoadedConfig) -> list[dict[str, Any]
             "since": state.since.isoformat() if state else None,
             "last_result": (f"{last.outcome}: {last.detail or ''}".strip() if last else None),
             "last_at": last.at.isoformat() if last else None,
+            "findings": last.findings if last else None,  # page checks: each measurement
             "paused_campaigns": sorted(guarded.get(name, [])),
         })
     return out
@@ -133,4 +135,98 @@ def campaigns_table(rows: list[dict[str, Any]]) -> Table:
         table.add_row(row["campaign"] + ("" if row["enabled"] else " (disabled)"), row["kind"],
                       row["schedule"], short_time(row["next_run"]), short_time(row["last_run"]),
                       outcome, paused)
+    return table
+
+
+def zone_progress(conn: sa.Connection, statuses: tuple[str, ...] = run_store.ACTIVE,
+                  run_ids: list[int] | None = None) -> list[dict[str, Any]]:
+    """Runs whose deliveries fall due at different times (per-recipient zones): per due
+    time, its zones (from the run's stats) and how many rows are in each status. Active runs
+    for ``status``; a report passes the statuses (or run ids) of its period."""
+    stmt = (sa.select(runs.c.id, runs.c.campaign, runs.c.status, deliveries.c.due_at,
+                      deliveries.c.status.label("delivery"), sa.func.count().label("n"))
+            .select_from(deliveries.join(runs, deliveries.c.run_id == runs.c.id))
+            .where(runs.c.status.in_(statuses), deliveries.c.due_at.is_not(None),
+                   runs.c.id.in_(run_ids) if run_ids is not None else sa.true())
+            .group_by(runs.c.id, runs.c.campaign, runs.c.status, deliveries.c.due_at,
+                      deliveries.c.status)
+            .order_by(runs.c.id, deliveries.c.due_at))
+    grouped = conn.execute(stmt).all()
+    stats = dict(conn.execute(sa.select(runs.c.id, runs.c.stats).where(  # type: ignore[arg-type]
+        runs.c.id.in_({r.id for r in grouped}))).all()) if grouped else {}
+    out: dict[int, dict[str, Any]] = {}
+    for row in grouped:
+        run = out.setdefault(row.id, {"run_id": row.id, "campaign": row.campaign,
+                                      "status": row.status, "due": {}})
+        zones = (stats.get(row.id) or {}).get("zones", {})
+        due_at = utc(row.due_at)
+        slot = run["due"].setdefault(due_at.isoformat(), {
+            "due_at": due_at.isoformat(), "counts": {},
+            "zones": sorted(z for z, v in zones.items()
+                            if datetime.fromisoformat(v["due_at"]) == due_at)})
+        slot["counts"][row.delivery] = int(row.n)
+    return [{**r, "due": list(r["due"].values())} for r in out.values()]
+
+
+def zones_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Sending across time zones", title_justify="left")
+    for column in ("campaign", "run", "due (UTC)", "zones", "sent", "waiting", "other"):
+        table.add_column(column, overflow="fold")
+    for run in rows:
+        for slot in run["due"]:
+            counts = dict(slot["counts"])
+            sent = counts.pop("sent", 0)
+            waiting = counts.pop("pending", 0) + counts.pop("sending", 0)
+            other = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "—"
+            table.add_row(run["campaign"], f"{run['run_id']} ({run['status']})",
+                          short_time(slot["due_at"]), ", ".join(slot["zones"]) or "—",
+                          str(sent), str(waiting), other)
+    return table
+
+
+def node_rows(conn: sa.Connection, stale_after_s: float) -> list[dict[str, Any]]:
+    """Every node the database knows: its newest heartbeat and age by the database's clock,
+    whether it is alive, and what it holds (active runs, ``sending`` deliveries it claimed,
+    check leases)."""
+    beats: dict[str, list[heartbeats.Beat]] = {}
+    for beat in heartbeats.latest(conn):
+        beats.setdefault(beat.node, []).append(beat)
+    held_runs = run_store.count_by_node(conn)
+    sending = {row[0]: int(row[1]) for row in conn.execute(
+        sa.select(deliveries.c.claimed_by, sa.func.count())
+        .where(deliveries.c.status == "sending", deliveries.c.claimed_by.is_not(None))
+        .group_by(deliveries.c.claimed_by))}
+    checks = check_store.live_leases_by_node(conn)
+    out = []
+    for node in sorted(beats.keys() | held_runs.keys() | sending.keys() | checks.keys()):
+        mine = beats.get(node, [])
+        newest = min(mine, key=lambda b: b.age_s) if mine else None
+        out.append({
+            "node": node,
+            "roles": sorted(b.role for b in mine),
+            "last_heartbeat": newest.at.isoformat() if newest else None,
+            "heartbeat_age_s": round(newest.age_s, 1) if newest else None,
+            "alive": newest is not None and newest.age_s < stale_after_s,
+            "runs": held_runs.get(node, {}),
+            "sending": sending.get(node, 0),
+            "checks": checks.get(node, 0),
+        })
+    return out
+
+
+def nodes_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Nodes", title_justify="left")
+    for column in ("node", "roles", "last heartbeat", "state", "runs", "sending", "checks"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        if row["last_heartbeat"] is None:
+            state = "no heartbeat"
+        else:
+            state = f"{'alive' if row['alive'] else 'dead'} ({row['heartbeat_age_s']:.0f}s ago)"
+        runs = ", ".join(f"{n} {status}" for status, n in sorted(row["runs"].items())) or "—"
+        table.add_row(row["node"], ", ".join(row["roles"]) or "—",
+                      short_time(row["last_heartbeat"]), state, runs,
+                      str(row["sending"]), str(row["checks"]))
+    if not rows:
+        table.add_row("(no node has started yet)", "", "", "", "", "", "")
     return table

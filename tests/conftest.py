@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -85,3 +86,13 @@ def db(db_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def t0() -> datetime:
     return datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The CLI installs its own log handler on the root logger; put pytest's back after."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -56,6 +56,11 @@ class DnsServer:
             if answers is None:
                 reply.header.rcode = 3  # NXDOMAIN
             for value in answers or []:
-                rdata = MX(value) if qtype == "MX" else _RDATA[qtype](value)
+                if qtype == "MX":
+                    rdata = MX(value)
+                elif qtype == "TXT":  # a string holds ≤ 255 bytes; longer values are split
+                    rdata = TXT([value[i:i + 255] for i in range(0, len(value), 255)])
+                else:
+                    rdata = _RDATA[qtype](value)
                 reply.add_answer(RR(qname, getattr(QTYPE, qtype), rdata=rdata, ttl=60))
             sock.sendto(reply.pack(), peer)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +16,7 @@ from martech.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(autouse=True)
-def _keep_root_logger() -> Iterator[None]:
-    """The CLI installs its own log handler on the root logger; put pytest's back after."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @pytest.fixture

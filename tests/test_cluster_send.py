@@ -179,8 +179,8 @@ def test_a_stopped_node_is_fenced_and_its_late_writes_refused(tmp_path: Path,
     assert {f["claim"] for f in fenced} <= held and fenced
 
 
-def _one_click(node: Node, email: str) -> int:
-    token = unsubscribe_token(Signer(SECRET), "news", email)
+def _one_click(node: Node, delivery_id: int) -> int:
+    token = unsubscribe_token(Signer(SECRET), delivery_id)
     request = urllib.request.Request(
         f"http://127.0.0.1:{node.http_port}/unsubscribe/{token}",
         data=b"List-Unsubscribe=One-Click", method="POST",
@@ -199,7 +199,7 @@ def test_unsubscribe_and_pause_stop_every_node_within_one_batch(tmp_path: Path,
         wait_for("the send to be under way", lambda: len(server.received) >= 300, 60, nodes)
         ledger = db.ledger()
         assert {ledger[r].status for r in leaving} == {"pending"}
-        assert all(_one_click(nodes[1], r) == 200 for r in leaving)  # to node-b
+        assert all(_one_click(nodes[1], ledger[r].id) == 200 for r in leaving)  # to node-b
         wait_for("more progress", lambda: len(server.received) >= 900, 60, nodes)
         paused = nodes[0].cli("pause", "news", "--reason", "wrong link")  # through node-a
         assert paused.returncode == 0, paused.stderr

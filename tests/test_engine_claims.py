@@ -17,7 +17,7 @@ from scheduler.clock import FakeClock
 from scheduler.context import ServiceContext
 from scheduler.engine import Engine, plan_claims
 from scheduler.schedules import Schedule
-from scheduler.store import pauses
+from scheduler.store import dbclock, heartbeats, pauses
 from scheduler.store import runs as run_store
 from scheduler.store.runs import Claim
 from scheduler.store.tables import schedule_cursors
@@ -377,8 +377,8 @@ async def test_dead_nodes_run_is_adopted_by_one_survivor(
     [claimed] = dead.claim_due(dead.specs.values())
     a, _ = engine_for(contexts, db_url, tmp_path, clock, [campaign], node="node-a")
     b, _ = engine_for(contexts, db_url, tmp_path, clock, [campaign], node="node-b")
-    dead.heartbeat()
-    clock.advance(timedelta(minutes=5))  # "dead" stopped beating; the survivors are alive
+    with dead.ctx.begin() as conn:  # "dead" last beat 5 minutes ago by the database's clock
+        heartbeats.beat(conn, "dead", "service", dbclock.db_now(conn) - timedelta(minutes=5))
     a.heartbeat()
     b.heartbeat()
     adopted = a.recovery.interrupted_runs() + b.recovery.interrupted_runs()
@@ -386,3 +386,33 @@ async def test_dead_nodes_run_is_adopted_by_one_survivor(
     assert run_rows(db)[0].node in ("node-a", "node-b")
     # The former owner, back again, leaves the adopted run alone.
     assert dead.recovery.interrupted_runs() == []
+
+
+async def test_claimed_runs_start_in_one_batch_and_paused_ones_are_held(
+        db: SaEngine, db_url: str, tmp_path: Path, contexts: list[ServiceContext]) -> None:
+    clock = FakeClock(T0)
+    campaigns = [FakeCampaign(f"c{i}", Schedule(cron="0 9 * * *")) for i in range(5)]
+    engine, kind = engine_for(contexts, db_url, tmp_path, clock, campaigns)
+    with db.begin() as conn:
+        pauses.add(conn, "c3", pauses.MANUAL, T0, detail="numbers late", by="test")
+    claimed = engine.claim_due(engine.specs.values())
+    assert {r.status for r in run_rows(db)} == {"pending"}  # the claim alone starts nothing
+    started = engine.claims.start_unpaused(claimed)
+    by_campaign = {c.spec.campaign: c for c in started}
+    assert by_campaign["c3"].started is None  # paused: the executor holds it
+    assert all(by_campaign[f"c{i}"].started is not None for i in (0, 1, 2, 4))
+    rows = {r.campaign: r for r in run_rows(db)}
+    assert {n: r.status for n, r in rows.items()} == {
+        "c0": "running", "c1": "running", "c2": "running", "c3": "pending", "c4": "running"}
+    assert rows["c0"].started_at is not None and rows["c3"].started_at is None
+    seen: list[tuple[str, str]] = []
+    engine.executor.on_started = lambda run, _at: seen.append((run.campaign, run.status))
+    for claimed_run in started:
+        await engine.executor.execute(claimed_run.run_id, started=claimed_run.started)
+    assert sorted(name for name, _id in kind.executed) == ["c0", "c1", "c2", "c4"]
+    assert sorted(seen) == [("c0", "running"), ("c1", "running"), ("c2", "running"),
+                            ("c4", "running")]
+    statuses = {r.campaign: r.status for r in run_rows(db)}
+    assert statuses == {"c0": "done", "c1": "done", "c2": "done", "c3": "held", "c4": "done"}
+    # A second node's start of the same runs moves nothing: they are not pending any more.
+    assert all(c.started is None for c in engine.claims.start_unpaused(claimed))

@@ -204,14 +204,21 @@ async def test_database_blip_mid_newsletter_resumes_the_send(
 
 async def test_bookkeeping_error_before_start_is_retried(
         db: SaEngine, db_url: str, tmp_path: Path, contexts: list[ServiceContext],
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     kind = RecorderKind()
     engine = engine_for(contexts, db_url, tmp_path, FakeClock(T0),
                         [FakeCampaign("weekly", Schedule(cron="0 9 * * MON"))], kind)
+
+    def start_fails(*_args: Any) -> list[RunRow]:
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("database is locked"))
+
+    # The claim loop's batched start fails: each run's executor starts it instead, and its
+    # own first bookkeeping step fails too.
+    monkeypatch.setattr(run_store, "start", start_fails)
     real = engine.executor.hold_if_paused
     calls = {"n": 0}
 
-    def flaky(run: RunRow, spec: ScheduleSpec | None) -> bool:
+    def flaky(run: RunRow, spec: ScheduleSpec | None) -> RunRow | None:
         calls["n"] += 1
         if calls["n"] == 1:
             raise sa.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
@@ -237,11 +244,11 @@ async def test_error_recording_the_outcome_is_retried_without_rerunning_the_job(
     real = engine.executor.finish
     calls = {"n": 0}
 
-    def flaky(run_id: int, result: RunResult) -> None:
+    def flaky(run: RunRow, result: RunResult) -> bool:
         calls["n"] += 1
         if calls["n"] == 1:
             raise outage()
-        real(run_id, result)
+        return real(run, result)
 
     engine.executor.finish = flaky  # type: ignore[method-assign]
     [claimed] = engine.claim_due(engine.specs.values())

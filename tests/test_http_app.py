@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -20,17 +20,16 @@ from jobs.newsletter.kind import send_run
 from martech.compose import build_registry, load_config
 from scheduler.clock import FakeClock
 from scheduler.context import ServiceContext
-from scheduler.delivery.tokens import Signer, unsubscribe_token
+from scheduler.delivery.tokens import Signer, click_token, unsubscribe_token
 from scheduler.http_app import run_http_app
 from scheduler.service import Service
 from scheduler.settings import Settings
-from scheduler.store import heartbeats, pauses
+from scheduler.store import dbclock, heartbeats, pauses
 from scheduler.store import suppressions as suppression_store
-from scheduler.store.tables import check_state, tracking_events
-from tests.newsletter_fixtures import claim_run, settings_for, write_config
+from scheduler.store.tables import check_state, deliveries, tracking_events
+from tests.newsletter_fixtures import SECRET, claim_run, settings_for, write_config
 from tests.smtp_server import SmtpServer
 
-SECRET = "test-secret"  # what settings_for signs with
 BASE_URL = "https://mt.acme.example"  # settings_for's MARTECH_PUBLIC_BASE_URL
 ONE_CLICK = {"Content-Type": "application/x-www-form-urlencoded"}
 CHECKS_YAML = "checks:\n  website: {http: {url: 'http://127.0.0.1:9/'}}\n"
@@ -42,6 +41,7 @@ class App:
     clock: FakeClock
     task: asyncio.Task[None]
     session: aiohttp.ClientSession
+    runs: dict[str, int] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -57,6 +57,19 @@ class App:
     def suppressed(self, email: str) -> str | None:
         with self.ctx.begin() as conn:
             return suppression_store.reason_of(conn, email)
+
+    def delivery(self, email: str, campaign: str = "news") -> int:
+        """A delivery of ``email`` in a run of ``campaign``: what a token names."""
+        if campaign not in self.runs:
+            self.runs[campaign] = claim_run(self.ctx, self.clock.now(), campaign)
+        with self.ctx.begin() as conn:
+            return int(conn.execute(sa.insert(deliveries).values(
+                run_id=self.runs[campaign], recipient=email, status="sent")
+                .returning(deliveries.c.id)).scalar_one())
+
+    def link(self, email: str, campaign: str = "news", secret: str = SECRET) -> str:
+        """The path of the List-Unsubscribe https URL, as the newsletter builds it."""
+        return f"/unsubscribe/{unsubscribe_token(Signer(secret), self.delivery(email, campaign))}"
 
 
 async def start_app(ctx: ServiceContext) -> asyncio.Task[None]:
@@ -83,13 +96,8 @@ async def app(db: Engine, tmp_path: Path, t0: datetime) -> AsyncIterator[App]:
     await asyncio.wait_for(task, 5)
 
 
-def link_path(campaign: str, email: str, secret: str = SECRET) -> str:
-    """The path of the List-Unsubscribe https URL, built the way the newsletter builds it."""
-    return f"/unsubscribe/{unsubscribe_token(Signer(secret), campaign, email)}"
-
-
 async def test_get_shows_a_confirmation_page_and_changes_nothing(app: App) -> None:
-    async with app.session.get(app.url + link_path("news", "ann@example.com")) as resp:
+    async with app.session.get(app.url + app.link("ann@example.com")) as resp:
         assert resp.status == 200
         assert resp.content_type == "text/html"
         assert resp.headers["Referrer-Policy"] == "no-referrer"
@@ -100,7 +108,7 @@ async def test_get_shows_a_confirmation_page_and_changes_nothing(app: App) -> No
 
 
 async def test_page_escapes_what_the_token_carries(app: App) -> None:
-    async with app.session.get(app.url + link_path("<b>x</b>", "<i>@example.com")) as resp:
+    async with app.session.get(app.url + app.link("<i>@example.com", "<b>x</b>")) as resp:
         page = await resp.text()
     assert resp.status == 200
     assert "&lt;b&gt;x&lt;/b&gt;" in page and "&lt;i&gt;@example.com" in page
@@ -109,7 +117,7 @@ async def test_page_escapes_what_the_token_carries(app: App) -> None:
 
 async def test_post_suppresses_and_records_one_event_however_often(
         app: App, caplog: pytest.LogCaptureFixture) -> None:
-    path = link_path("news", "Bob@Example.com")
+    path = app.link("Bob@Example.com")
     caplog.set_level(logging.DEBUG)
     for _ in range(2):
         async with app.session.post(app.url + path, data={"List-Unsubscribe": "One-Click"},
@@ -130,7 +138,7 @@ async def test_post_suppresses_and_records_one_event_however_often(
 
 
 async def test_rfc8058_one_click_post(app: App) -> None:
-    async with app.session.post(app.url + link_path("news", "ann@example.com"),
+    async with app.session.post(app.url + app.link("ann@example.com"),
                                 data="List-Unsubscribe=One-Click", headers=ONE_CLICK,
                                 allow_redirects=False) as resp:
         assert resp.status == 200
@@ -145,7 +153,7 @@ async def test_concurrent_clicks_record_one_event(app: App, t0: datetime,
     if suppressed_before:  # then no unique-key conflict serialises the clicks; a row lock must
         with app.ctx.begin() as conn:
             suppression_store.add(conn, "ann@example.com", "manual", t0)
-    url = app.url + link_path("news", "ann@example.com")
+    url = app.url + app.link("ann@example.com")
 
     async def click() -> int:
         async with app.session.post(url, data="List-Unsubscribe=One-Click",
@@ -160,23 +168,28 @@ async def test_a_second_campaign_is_recorded_against_an_existing_suppression(
         app: App, t0: datetime) -> None:
     with app.ctx.begin() as conn:
         suppression_store.add(conn, "ann@example.com", "hard_bounce", t0)
-    async with app.session.post(app.url + link_path("digest", "ann@example.com"),
+    async with app.session.post(app.url + app.link("ann@example.com", "digest"),
                                 data="List-Unsubscribe=One-Click", headers=ONE_CLICK) as resp:
         assert resp.status == 200
     assert app.suppressed("ann@example.com") == "hard_bounce"  # the first reason stays
     assert app.events() == [("unsubscribed", "digest", "ann@example.com")]
 
 
-@pytest.mark.parametrize("path", [
-    link_path("news", "ann@example.com", secret="someone-elses-key"),  # forged
-    link_path("news", "ann@example.com")[:-2] + "AA",  # tampered MAC
-    "/unsubscribe/" + Signer(SECRET).sign("click", "news\x1fann@example.com"),  # wrong purpose
-    "/unsubscribe/" + Signer(SECRET).sign("unsubscribe", "no-separator"),  # no address
-    "/unsubscribe/not-a-token",
-    "/unsubscribe/%C3%A9.%C3%A9",  # non-ASCII
-    "/unsubscribe/" + "A" * 5000 + ".AA",
-], ids=["forged", "tampered", "click-token", "no-address", "garbage", "non-ascii", "huge"])
-async def test_bad_tokens_are_400_and_record_nothing(app: App, path: str) -> None:
+BAD_TOKENS: dict[str, Callable[[App], str]] = {
+    "forged": lambda app: app.link("ann@example.com", secret="someone-elses-key"),
+    "tampered": lambda app: app.link("ann@example.com")[:-2] + "AA",
+    "click-token": lambda app: "/unsubscribe/" + click_token(
+        Signer(SECRET), app.delivery("ann@example.com"), "https://acme.example/"),
+    "no-such-delivery": lambda app: "/unsubscribe/" + unsubscribe_token(Signer(SECRET), 99999),
+    "garbage": lambda app: "/unsubscribe/not-a-token",
+    "non-ascii": lambda app: "/unsubscribe/%C3%A9.%C3%A9",
+    "huge": lambda app: "/unsubscribe/" + "A" * 5000,
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_TOKENS))
+async def test_bad_tokens_are_400_and_record_nothing(app: App, kind: str) -> None:
+    path = BAD_TOKENS[kind](app)
     for method in ("GET", "POST"):
         async with app.session.request(method, app.url + path, data="List-Unsubscribe=One-Click",
                                        headers=ONE_CLICK, allow_redirects=False) as resp:
@@ -205,21 +218,29 @@ async def test_metrics_serve_the_guard_gauges(app: App, t0: datetime) -> None:
 
 
 async def test_healthz_follows_this_nodes_heartbeat(app: App) -> None:
+    """The age is the database's: the beat was stamped by its clock, and is judged by it."""
     async def get() -> tuple[int, str]:
         async with app.session.get(app.url + "/healthz") as resp:
             return resp.status, await resp.text()
 
+    def beat(node: str, age_s: float) -> None:
+        with app.ctx.begin() as conn:
+            heartbeats.beat(conn, node, "service",
+                            dbclock.db_now(conn) - timedelta(seconds=age_s))
+
     status, text = await get()
     assert (status, text) == (503, "unhealthy: no heartbeat\n")
-    with app.ctx.begin() as conn:
-        heartbeats.beat(conn, "other-node", "service", app.clock.now())
+    beat("other-node", 0)
     assert (await get())[0] == 503  # another node's heartbeat says nothing about this one
-    with app.ctx.begin() as conn:
-        heartbeats.beat(conn, app.ctx.node, "service", app.clock.now())
-    app.clock.advance(12)
+    beat(app.ctx.node, 12)
     assert await get() == (200, "ok: last heartbeat 12s ago\n")
-    app.clock.advance(60)
+    beat(app.ctx.node, 72)
     assert await get() == (503, "unhealthy: last heartbeat 72s ago\n")
+    app.clock.advance(3600)  # the node's own clock says nothing about the database's beats
+    assert await get() == (503, "unhealthy: last heartbeat 72s ago\n")
+    with app.ctx.begin() as conn:
+        heartbeats.beat(conn, app.ctx.node, "service")  # what the engine does: no `at`
+    assert await get() == (200, "ok: last heartbeat 0s ago\n")
 
 
 async def test_stops_promptly_with_a_client_connected(app: App) -> None:

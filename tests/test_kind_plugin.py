@@ -5,9 +5,7 @@ kind")."""
 from __future__ import annotations
 
 import json
-import logging
 import shutil
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +25,8 @@ from scheduler.schedules import Schedule
 from scheduler.settings import Settings
 from scheduler.store.runs import RunRow
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 class WebinarCampaign(CampaignBase):
@@ -59,15 +59,6 @@ def _cli() -> click.Group:
     registry = build_registry()
     registry.add_kind(WebinarKind())
     return make_cli(registry)
-
-
-@pytest.fixture(autouse=True)
-def _keep_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

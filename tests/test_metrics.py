@@ -17,11 +17,16 @@ from scheduler.store import pauses
 from tests.http_server import HttpServer
 from tests.test_guard_service import checks_yaml, make_ctx, start_guard, write_config
 
+GUARD_FAMILIES = ("martech_check_", "martech_campaign_")  # the rest: tests/test_metrics_ledger.py
+
 
 def samples(text: bytes) -> dict[tuple[str, str], float]:
-    """(metric name, label value) -> value, from the exposition text (parsed, not grepped)."""
+    """(metric name, label value) -> value of the guard's families, from the exposition text
+    (parsed, not grepped)."""
     out: dict[tuple[str, str], float] = {}
     for family in text_string_to_metric_families(text.decode()):
+        if not family.name.startswith(GUARD_FAMILIES):
+            continue
         for s in family.samples:
             assert len(s.labels) == 1, s
             out[(s.name, next(iter(s.labels.values())))] = s.value
@@ -49,7 +54,7 @@ async def test_exposition_after_a_check_goes_down_and_pauses_campaigns(
         with ctx.begin() as conn:
             pauses.add(conn, "pulse", pauses.MANUAL, clock.now(), detail="copy review")
             text = render_from_db(conn, ["website", "api", "never-ran"],
-                                  ["digest", "posts", "pulse"])
+                                  ["digest", "posts", "pulse"], now=clock.now())
     finally:
         await guard.close()
         await api.stop()
@@ -75,7 +80,7 @@ async def test_exposition_after_a_check_goes_down_and_pauses_campaigns(
     assert got[("martech_campaign_paused", "pulse")] == 1.0
     assert got[("martech_campaign_pause_reasons", "digest")] == 1.0
     assert got[("martech_campaign_pause_reasons", "pulse")] == 1.0
-    # Every sample is one of these labelled gauges: nothing unlabelled or unexpected.
+    # Every guard sample is one of these labelled gauges: nothing unlabelled or unexpected.
     assert {name for name, _ in got} == {
         "martech_check_state", "martech_check_up", "martech_check_latency_seconds",
         "martech_campaign_paused", "martech_campaign_pause_reasons"}
@@ -95,13 +100,13 @@ async def test_exposition_after_recovery_shows_up_and_resumed(
             clock.set(start + timedelta(seconds=5 * i))
             await guard.tick()
         with ctx.begin() as conn:
-            down = samples(render_from_db(conn, ["website"], ["digest"]))
+            down = samples(render_from_db(conn, ["website"], ["digest"], now=clock.now()))
         await web.start()
         for i in range(2):
             clock.set(start + timedelta(seconds=60 + 5 * i))
             await guard.tick()
         with ctx.begin() as conn:
-            up = samples(render_from_db(conn, ["website"], ["digest"]))
+            up = samples(render_from_db(conn, ["website"], ["digest"], now=clock.now()))
     finally:
         await guard.close()
         await web.stop()

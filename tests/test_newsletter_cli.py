@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from martech.cli import main
-from tests.newsletter_fixtures import write_config
+from tests.newsletter_fixtures import SECRET, write_config
 from tests.smtp_server import SmtpServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,6 +25,7 @@ def _env(root: Path, port: int = 0, transport: str = "file") -> dict[str, str]:
         "MARTECH_DATABASE_URL": f"sqlite:///{root}/m.db", "MARTECH_TRANSPORT": transport,
         "MARTECH_SMTP_HOST": "127.0.0.1", "MARTECH_SMTP_PORT": str(port),
         "MARTECH_PUBLIC_BASE_URL": "https://mt.acme.example", "MARTECH_NODE_NAME": "cli-test",
+        "MARTECH_SECRET_KEY": SECRET,
     }
 
 

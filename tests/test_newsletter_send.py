@@ -11,11 +11,17 @@ import sqlalchemy as sa
 from jobs.newsletter.http_unsubscribe import record_unsubscribe
 from jobs.newsletter.kind import send_run
 from jobs.newsletter.probe import probe_once
-from scheduler.delivery.tokens import Signer, verify_click, verify_unsubscribe
+from scheduler.delivery.tokens import Signer, UnsubscribeRef, verify_click, verify_unsubscribe
 from scheduler.store import pauses
 from scheduler.store import suppressions as suppression_store
 from scheduler.store.tables import deliveries, runs, tracking_events
-from tests.newsletter_fixtures import claim_run, context_for, settings_for, write_config
+from tests.newsletter_fixtures import (
+    SECRET,
+    claim_run,
+    context_for,
+    settings_for,
+    write_config,
+)
 from tests.smtp_server import RecordingHandler, SmtpServer
 
 RECIPIENTS = [f"user{i}@example.com" for i in range(25)]
@@ -41,7 +47,7 @@ async def test_every_recipient_received_once_with_correct_headers(
     assert server.per_recipient() == {r: 1 for r in RECIPIENTS}
     ledger = _ledger(ctx, run_id)
     assert {s for s, _a, _m in ledger.values()} == {"sent"}
-    signer = Signer("test-secret")
+    signer = Signer(SECRET)
     with ctx.begin() as conn:
         ledger_ids = dict(conn.execute(sa.select(deliveries.c.recipient, deliveries.c.id)
                                        .where(deliveries.c.run_id == run_id)).all())
@@ -59,7 +65,9 @@ async def test_every_recipient_received_once_with_correct_headers(
         https, mailto = [u.strip(" <>") for u in msg["List-Unsubscribe"].split(",")]
         assert https.startswith("https://mt.acme.example/unsubscribe/")
         assert mailto.startswith("mailto:unsubscribe@acme.example?subject=unsubscribe")
-        assert verify_unsubscribe(signer, https.rsplit("/", 1)[1]) == ("news", rcpt)
+        # The token names the delivery, never the address.
+        assert verify_unsubscribe(signer, https.rsplit("/", 1)[1]) == UnsubscribeRef(
+            delivery_id=ledger_ids[rcpt])
         html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
         assert f"Hello Name{index}," in html and 'style="color: #123456;"' in html
         utm = "utm_source=nl&utm_medium=email&utm_campaign=news"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from jobs.newsletter.kind import NewsletterJob
+from jobs.newsletter.kind import NewsletterJob, send_run
 from martech.compose import load_config
 from scheduler.errors import Problem
-from tests.newsletter_fixtures import settings_for, write_config
+from scheduler.store.db import make_engine, upgrade
+from tests.newsletter_fixtures import claim_run, context_for, settings_for, write_config
+from tests.smtp_server import SmtpServer
 
 
 def _problems(root: Path) -> list[Problem]:
@@ -80,3 +83,34 @@ def test_bad_from_and_reply_to(tmp_path: Path) -> None:
     problems = _problems(tmp_path)
     assert sorted(p.field for p in problems) == ["from", "reply_to"]
     assert all(p.file.endswith("news.yaml") and p.line for p in problems)
+
+
+@pytest.mark.parametrize("subject", ["Hi\r\nBcc: x@evil.example", "Hi {{ first_name }}\nBcc: x"],
+                         ids=["static", "rendered"])
+def test_a_line_break_in_the_subject_fails_validate(tmp_path: Path, subject: str) -> None:
+    write_config(tmp_path, rows=["a@example.com"], subject=subject)
+    [problem] = _problems(tmp_path)
+    assert problem.field == "subject" and problem.file.endswith("news.yaml")
+    assert problem.line is not None and "line break" in problem.message
+
+
+def test_an_overlong_or_unencoded_header_fails_validate(tmp_path: Path) -> None:
+    write_config(tmp_path, rows=["a@example.com"], extra={"from": f"{'N' * 1200} <n@acme.example>"})
+    problems = _problems(tmp_path)
+    assert [p.field for p in problems] == ["from"]  # the built message, as the relay sees it
+    assert "header From: a line of" in problems[0].message and "at most 998" in problems[0].message
+
+
+async def test_the_send_refuses_a_static_subject_with_a_line_break_once(
+        tmp_path: Path, t0: datetime) -> None:
+    write_config(tmp_path, rows=["a@example.com", "b@example.com"],
+                 subject="Hi\r\nBcc: x@evil.example")
+    url = f"sqlite:///{tmp_path}/m.db"
+    upgrade(make_engine(url))
+    with SmtpServer() as smtp:
+        ctx = context_for(settings_for(tmp_path, url, port=smtp.port))
+        result = await send_run(ctx, ctx.config.campaigns["news"], claim_run(ctx, t0),
+                                on_pause="return")
+    assert result.status == "failed"  # not "done" with every recipient failed
+    assert "header 'Subject' contains a line break" in (result.detail or "")
+    assert smtp.received == []

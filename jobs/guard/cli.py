@@ -59,10 +59,24 @@ def results_table(config: LoadedConfig, results: dict[str, tuple[CheckConfig, Ch
         guards = "—" if name == CONNECTIVITY else ", ".join(guarded_by(config, name)) or "—"
         outcome = {"ok": "[green]ok[/]", "fail": "[red]FAIL[/]"}.get(res.outcome, res.outcome)
         table.add_row(label, cfg.probe_kind, outcome, f"{res.latency_ms:.0f} ms",
-                      res.detail, guards)
+                      _detail(res), guards)
     if not results:
         table.add_row("(no checks configured)", "", "", "", "", "")
     return table
+
+
+def _detail(res: CheckResult) -> str:
+    """One line for most checks; a page check lists each finding on a line of its own."""
+    findings = res.findings or {}
+    problems, notes = list(findings.get("problems", [])), list(findings.get("notes", []))
+    if not problems and not notes:
+        return res.detail
+    if problems:
+        head = f"{len(problems)} problem(s)"
+    else:
+        head = res.detail.split(f", {len(notes)} note(s)", 1)[0]
+    lines = [f"• {p['message']}" for p in problems] + [f"◦ {n['message']}" for n in notes]
+    return "\n".join([head, *lines])
 
 
 @click.command("checks")
@@ -80,7 +94,8 @@ def checks_cmd(state: State, as_json: bool) -> None:
     if as_json:
         out: list[dict[str, Any]] = [
             {"check": n, "type": c.probe_kind, "outcome": r.outcome,
-             "latency_ms": r.latency_ms, "detail": r.detail}
+             "latency_ms": r.latency_ms, "detail": r.detail,
+             **({"findings": dict(r.findings)} if r.findings else {})}
             for n, (c, r) in results.items()]
         click.echo(json.dumps(out, indent=2))
     else:
@@ -93,10 +108,11 @@ def checks_cmd(state: State, as_json: bool) -> None:
 @click.pass_obj
 @friendly_errors
 def metrics_cmd(state: State) -> None:
-    """Print guard metrics (check state, latency, campaign paused) in Prometheus format."""
+    """Print every metric /metrics serves (HTTP request counts aside) in Prometheus format."""
     config = state.config()
     with state.db().begin() as conn:
-        text = render_from_db(conn, list(config.checks.checks), list(config.campaigns))
+        text = render_from_db(conn, list(config.checks.checks), list(config.campaigns),
+                              now=SystemClock().now())
     click.echo(text.decode(), nl=False)
 
 

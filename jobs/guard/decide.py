@@ -30,6 +30,7 @@ class Observed:
     check: str
     at: datetime  # when the probe started
     result: CheckResult
+    lease_gen: int | None = None  # the check lease it was probed under; None: not leased
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,15 @@ def apply_batch(conn: sa.Connection, env: Env, batch: Sequence[Observed]
     """Record raw results, fold them into verdicts, act on every transition.
 
     Returns the changes and the stored verdicts of the batch's checks (read under lock, so
-    they include other nodes' results).
+    they include other nodes' results). A result probed under a check lease that has since
+    passed to another node is dropped: that node probes the check now, and hysteresis counts
+    each interval's result once, not once per node.
     """
+    batch = _still_leased(conn, env, batch)
     check_store.record_results(conn, [
         ResultRow(o.check, o.at, o.result.outcome, o.result.latency_ms, o.result.detail,
-                  env.node) for o in batch])
+                  env.node, dict(o.result.findings) if o.result.findings else None)
+        for o in batch])
     states = check_store.states(conn, {o.check for o in batch}, lock=True)
     changed: dict[str, StateRow] = {}
     changes: list[Change] = []
@@ -113,6 +118,23 @@ def apply_batch(conn: sa.Connection, env: Env, batch: Sequence[Observed]
         changed[obs.check] = after
     check_store.save_states(conn, list(changed.values()))
     return changes, changed
+
+
+def _still_leased(conn: sa.Connection, env: Env, batch: Sequence[Observed]
+                  ) -> Sequence[Observed]:
+    leased = {o.check for o in batch if o.lease_gen is not None}
+    if not leased:
+        return batch
+    holders = check_store.lease_holders(conn, leased, lock=True)
+    kept = []
+    for obs in batch:
+        if obs.lease_gen is not None and holders.get(obs.check) != (env.node, obs.lease_gen):
+            log.warning("late check result dropped: the check's lease passed to %s",
+                        holders.get(obs.check, ("nobody",))[0],
+                        extra={"action": "fenced", "check": obs.check})
+            continue
+        kept.append(obs)
+    return kept
 
 
 def _act(conn: sa.Connection, env: Env, obs: Observed, before: StateRow,

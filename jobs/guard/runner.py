@@ -1,6 +1,14 @@
 """The guard at run time: runs every check on its own interval, at its own phase of it
 (``guard_timing``), concurrently under a bound, never overlapping itself, and hands results
-to the decision code in batches."""
+to the decision code in batches.
+
+With several nodes, each check is probed by the one node holding its lease
+(``check_store.hold_leases``, taken and renewed in the housekeeping pass, expiring by the
+database's clock): every node keeps the schedule, only the holder probes, so a check runs
+once per interval cluster-wide and its verdict counts results, not nodes. A result carries the
+lease generation it was probed under and is dropped if the lease changed hands meanwhile
+(ARCHITECTURE.md, invariant 8).
+"""
 
 from __future__ import annotations
 
@@ -32,18 +40,20 @@ from jobs.guard.decide import (
 from jobs.guard.hysteresis import Rules, initial
 from jobs.guard.hysteresis import apply as fold
 from jobs.guard.targets import CONNECTIVITY
-from jobs.guard.timing import first_due, next_due
+from jobs.guard.timing import first_due, next_due, slot_at_or_before
 from scheduler import outbox
 from scheduler.config.checks import CheckConfig
 from scheduler.context import ServiceContext
 from scheduler.store import checks as check_store
 from scheduler.store.checks import StateRow
+from scheduler.store.heartbeats import stale_after_s
 
 log = logging.getLogger("martech.guard")
 
 HOUSEKEEPING_S = 1.0  # maintenance windows and reminders are looked at this often
 MAX_SLEEP_S = 0.5
 MIN_SLEEP_S = 0.01  # checks falling due within this are started together
+LEASE_RENEWALS = 4  # a check lease is renewed this many times per lease period
 
 
 @dataclass
@@ -61,6 +71,7 @@ class Entry:
 class GuardStats:
     lateness_s: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     runs: int = 0
+    not_leased: int = 0  # due runs left to the node holding the check's lease
     last: dict[str, CheckResult] = field(default_factory=dict)
 
 
@@ -84,6 +95,13 @@ class Guard:
         self._queue: list[tuple[datetime, int, str]] = []
         self._seq = itertools.count()
         self.changes: list[Change] = []
+        self.leases: dict[str, int] = {}  # checks this node probes: name -> lease generation
+        self._next_lease_pass: datetime | None = None
+
+    @property
+    def lease_s(self) -> float:
+        """As long as a node's liveness window: a dead node's checks move on with its runs."""
+        return stale_after_s(self.ctx.settings.heartbeat_interval_s)
 
     # -- configuration -----------------------------------------------------------------
 
@@ -161,7 +179,7 @@ class Guard:
         states = await self.ctx.in_thread(self._load_states)
         for name, entry in self.entries.items():
             entry.state = states.get(name)
-        await self.ctx.in_thread(self._housekeeping_sync, now)
+        await self._housekeeping(now)
 
     def _load_states(self) -> dict[str, StateRow]:
         with self.ctx.begin() as conn:
@@ -173,10 +191,14 @@ class Guard:
         self.sync_config(now)
         if self._next_housekeeping is None or now >= self._next_housekeeping:
             self._next_housekeeping = now + timedelta(seconds=HOUSEKEEPING_S)
-            await self.ctx.in_thread(self._housekeeping_sync, now)
+            await self._housekeeping(now)
         started = []
         for entry in self._pop_due(now):
-            entry.task = asyncio.create_task(self._check(entry, entry.next_due),
+            gen = self.leases.get(entry.name)
+            if gen is None:
+                self._leave_to_holder(entry)
+                continue
+            entry.task = asyncio.create_task(self._check(entry, entry.next_due, gen),
                                              name=f"check-{entry.name}")
             started.append(entry.name)
         if wait:
@@ -185,7 +207,15 @@ class Guard:
             await self.flush()
         return started
 
-    async def _check(self, entry: Entry, due: datetime) -> None:
+    def _leave_to_holder(self, entry: Entry) -> None:
+        """Another node holds this check's lease and probes it: keep the schedule (to probe
+        on time if the lease comes here), skip this run."""
+        self.stats.not_leased += 1
+        entry.next_due = slot_at_or_before(entry.name, entry.rules.interval,
+                                           entry.next_due + entry.rules.interval)
+        self._enqueue(entry)
+
+    async def _check(self, entry: Entry, due: datetime, lease_gen: int) -> None:
         begun = due
         try:
             async with self._sem:
@@ -200,7 +230,7 @@ class Guard:
             # Provisional schedule from the local view; the batch write refreshes the state.
             entry.state, _ = fold(state, result.outcome, entry.rules, begun, result.detail)
             entry.next_due = next_due(entry.name, entry.state, entry.rules, due, begun)
-            self._pending.append(Observed(entry.name, begun, result))
+            self._pending.append(Observed(entry.name, begun, result, lease_gen))
         finally:
             if entry.next_due == due:  # cancelled or failed before rescheduling
                 entry.next_due = max(due, begun) + entry.rules.retry_interval
@@ -255,12 +285,35 @@ class Guard:
                 entry.state = state
         return changes
 
-    def _housekeeping_sync(self, now: datetime) -> None:
+    async def _housekeeping(self, now: datetime) -> None:
+        lease_pass = self._next_lease_pass is None or now >= self._next_lease_pass
+        if lease_pass:
+            self._next_lease_pass = now + timedelta(seconds=self.lease_s / LEASE_RENEWALS)
+        taken = await self.ctx.in_thread(self._housekeeping_sync, now, lease_pass)
+        if taken is None:
+            return
+        held, states = taken
+        for name in held.keys() - self.leases.keys():
+            log.info("probing check %s here (lease %d)", name, held[name],
+                     extra={"action": "check_lease", "check": name})
+        self.leases = held
+        for name, state in states.items():
+            entry = self.entries.get(name)
+            if entry is not None:
+                entry.state = state  # newly ours: the verdict so far is the others' doing
+
+    def _housekeeping_sync(self, now: datetime, lease_pass: bool = False
+                           ) -> tuple[dict[str, int], dict[str, StateRow]] | None:
         env = self.env
         with self.ctx.begin() as conn:
             reconcile(conn, env, now)
             sync_maintenance(conn, env, now)
             send_reminders(conn, env, now)
+            if not lease_pass:
+                return None
+            held = check_store.hold_leases(conn, self.entries, self.ctx.node, self.lease_s)
+            fresh = [n for n, gen in held.items() if self.leases.get(n) != gen]
+            return held, check_store.states(conn, fresh)
 
     # -- the service loop --------------------------------------------------------------
 
@@ -283,6 +336,7 @@ class Guard:
                     task.cancel()
                 await asyncio.gather(writer, *tasks, return_exceptions=True)
                 await self.flush()  # results already observed are evidence: keep them
+                await self.ctx.in_thread(self._release_leases)
             finally:
                 await self.close()
 
@@ -304,6 +358,15 @@ class Guard:
             delay = min(max((self._queue[0][0] - now).total_seconds(), 0.0), MAX_SLEEP_S)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.ctx.stopping.wait(), max(delay, MIN_SLEEP_S))
+
+    def _release_leases(self) -> None:
+        try:
+            with self.ctx.begin() as conn:
+                check_store.release_leases(conn, self.ctx.node)
+        except Exception:  # the leases then expire on their own
+            log.warning("could not hand check leases over at stop", exc_info=True,
+                        extra={"action": "guard_error"})
+        self.leases = {}
 
     async def close(self) -> None:
         if self._session is not None:

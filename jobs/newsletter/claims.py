@@ -114,14 +114,16 @@ class ClaimStep:
 
 def claim_batch(conn: sa.Connection, run_id: int, limit: int, *, node: str, clock: Clock,
                 settings: Settings, connections: int, limiter: RateLimiter) -> ClaimStep:
-    """Claim up to ``limit`` due rows of the run (see the module docstring)."""
+    """Claim up to ``limit`` due rows of the run (see the module docstring). Leases and the
+    rate bucket go by the database's clock; which rows are due, by ``clock``
+    (``ledger.due_pending``)."""
     db_time = DbTime.read(conn, clock)
-    now = db_time.at
-    rows = ledger.candidates(conn, run_id, limit, now)
+    now, due_now = db_time.at, clock.now()
+    rows = ledger.candidates(conn, run_id, limit, due_now)
     # SKIP LOCKED came back short while due rows remain: another node is claiming them (only
     # counted, for `bench/cluster.py`'s claim conflicts; SQLite has a single writer).
     contended = (len(rows) < limit and conn.dialect.name == "postgresql"
-                 and ledger.due_count(conn, run_id, now) > len(rows))
+                 and ledger.due_count(conn, run_id, due_now) > len(rows))
     if not rows:
         return ClaimStep(contended=contended)
     gone = suppressions.suppressed_among(conn, [r.recipient for r in rows])

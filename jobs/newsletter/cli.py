@@ -11,16 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
+from rich.table import Table
 
 from jobs.newsletter.audiences import AudienceStats, iter_audience, normalise
 from jobs.newsletter.claims import cli_settings
 from jobs.newsletter.config import NewsletterCampaign
+from jobs.newsletter.links import audience_links
 from jobs.newsletter.prepare import prepare
 from jobs.newsletter.send_cli import run_send
 from scheduler.cli import State, console, friendly_errors
 from scheduler.clock import SystemClock
 from scheduler.config.loader import load_config
 from scheduler.delivery.factory import make_transport
+from scheduler.delivery.linkcheck import LinkCache, LinkChecker, describe_broken
 from scheduler.delivery.message import valid_address
 from scheduler.errors import MartechError, UnknownCampaign
 from scheduler.store import pauses
@@ -50,7 +54,7 @@ def _row_for(campaign: Any, config: Any, recipient: str | None) -> tuple[str, di
 def _message(state: Any, config: Any, campaign: Any, email: str, variables: dict[str, Any],
              *, to: str | None = None, subject_prefix: str = "") -> Any:
     prepared = prepare(campaign, config, state.settings, run_id=None)
-    url, links = prepared.unsubscribe_links(email)
+    url, links = prepared.unsubscribe_links(None)  # no delivery: the link unsubscribes no one
     values = prepared.variables(email, variables, url)
     rendered = prepared.templates.check(values)
     builder = prepared.builder
@@ -65,11 +69,41 @@ def _message(state: Any, config: Any, campaign: Any, email: str, variables: dict
 @click.command()
 @click.argument("campaign")
 @click.option("--recipient", help="Render for this audience member (default: the first).")
+@click.option("--check-links", "with_links", is_flag=True,
+              help="Also check every distinct link the run would send (exit 1 if broken).")
 @click.pass_obj
 @friendly_errors
-def preview(state: State, campaign: str, recipient: str | None) -> None:
+def preview(state: State, campaign: str, recipient: str | None, with_links: bool) -> None:
     """Render CAMPAIGN for one recipient into var/previews/ (HTML, text, headers)."""
     config, camp = _campaign(state, campaign)
+    _preview(state, config, camp, campaign, recipient)
+    if with_links:
+        sys.exit(_print_links(state, config, camp))
+
+
+def _print_links(state: State, config: Any, camp: NewsletterCampaign) -> int:
+    """The links a run would check, each with its status; 1 when any is broken."""
+    collected = audience_links(camp, config, state.settings)
+    checker = LinkChecker(LinkCache(SystemClock()), timeout_s=state.settings.http_timeout_s)
+    results = asyncio.run(checker.check(collected.urls))
+    table = Table("link", "status", title=f"Links of {camp.name} ({len(results)} distinct, "
+                  f"over {collected.rendered} recipient(s))", title_justify="left")
+    for url, status in results.items():
+        table.add_row(escape(url), "ok " + status.detail if status.ok
+                      else f"BROKEN {status.detail}")
+    console.print(table)
+    if collected.beyond_limit:
+        console.print(f"{collected.beyond_limit} more distinct link(s) not checked "
+                      "(per-recipient URLs past the limit)", markup=False)
+    broken = {u: s for u, s in results.items() if not s.ok}
+    if broken:
+        console.print(describe_broken(broken), markup=False)
+        return 1
+    return 0
+
+
+def _preview(state: State, config: Any, camp: NewsletterCampaign, campaign: str,
+             recipient: str | None) -> None:
     email, variables = _row_for(camp, config, recipient)
     rendered, message = _message(state, config, camp, email, variables)
     out = Path(state.settings.var_dir) / "previews" / campaign
@@ -95,16 +129,20 @@ def preview(state: State, campaign: str, recipient: str | None) -> None:
 @click.pass_obj
 @friendly_errors
 def resume_send(state: State, campaign: str) -> None:
-    """Clear the sender's own pauses of CAMPAIGN (error_budget, smtp_unreachable)."""
+    """Clear the sender's own pauses of CAMPAIGN (error_budget, smtp_unreachable,
+    broken_links: the links are checked again before sending goes on;
+    smtp_auth_failed: the next send logs in again with the current credentials)."""
     _campaign(state, campaign)
     cleared = []
     with state.db().begin() as conn:
-        for reason in (pauses.ERROR_BUDGET, pauses.SMTP_UNREACHABLE):
+        for reason in (pauses.ERROR_BUDGET, pauses.SMTP_UNREACHABLE, pauses.BROKEN_LINKS,
+                       pauses.SMTP_AUTH_FAILED):
             if pauses.remove(conn, campaign, reason, SystemClock().now()):
                 cleared.append(reason)
         others = [p.reason for p in pauses.reasons(conn, campaign)]
-    msg = f"{campaign}: cleared {', '.join(cleared)}" if cleared else \
-        f"{campaign}: no error_budget or smtp_unreachable pause"
+    msg = (f"{campaign}: cleared {', '.join(cleared)}" if cleared else
+           f"{campaign}: no error_budget, smtp_unreachable, broken_links or smtp_auth_failed "
+           "pause")
     if others:
         msg += f"; still paused by {', '.join(others)}"
     console.print(msg, markup=False)

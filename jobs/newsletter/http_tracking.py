@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from scheduler.context import ServiceContext
-from scheduler.delivery.tokens import Signer, verify_click, verify_open
+from scheduler.delivery.tokens import verify_click, verify_open
+from scheduler.keys import signer_for
 from scheduler.store.tables import deliveries, runs, tracking_events
 
 log = logging.getLogger("martech.http")
@@ -84,7 +85,7 @@ def _bad_token() -> web.Response:
 class TrackingHandlers:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
-        self.signer = Signer(ctx.settings.secret_key.get_secret_value())
+        self.signer = signer_for(ctx.settings)
 
     async def click(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
-from jobs.newsletter import cli, http_tracking, http_unsubscribe, ledger
-from jobs.newsletter.config import NewsletterCampaign
+from jobs.newsletter import (
+    cli,
+    dkim_cli,
+    http_tracking,
+    http_unsubscribe,
+    inbound,
+    ledger,
+    links,
+)
+from jobs.newsletter.config import RECIPIENT, NewsletterCampaign
 from jobs.newsletter.helper import send_helper
 from jobs.newsletter.probe import relay_probe
 from jobs.newsletter.runner import TRANSPORT_OVERRIDE, send_run
-from jobs.newsletter.validate import validate_newsletter
+from jobs.newsletter.validate import newsletter_warnings, validate_newsletter
+from jobs.newsletter.zones import ZONE_SPREAD
 from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
 from scheduler.errors import Problem
@@ -29,11 +39,15 @@ class NewsletterJob:
 
     def schedules(self, campaign: Any, config: LoadedConfig) -> list[ScheduleSpec]:
         assert isinstance(campaign, NewsletterCampaign)
+        # Per-recipient zones: the run spans every zone's slot, so the engine's limits on the
+        # run reach over that spread; each row's own lateness is judged in jobs.newsletter.zones.
+        spread = ZONE_SPREAD if campaign.schedule.timezone == RECIPIENT else timedelta(0)
         return [ScheduleSpec(
             key=campaign.name, campaign=campaign.name, kind=self.kind,
             schedule=campaign.schedule.to_schedule(),
-            misfire_grace=campaign.schedule.misfire_grace, missed=campaign.schedule.missed,
-            on_pause=campaign.send.on_pause, max_delay=campaign.send.max_delay)]
+            misfire_grace=campaign.schedule.misfire_grace + spread,
+            missed=campaign.schedule.missed, on_pause=campaign.send.on_pause,
+            max_delay=campaign.send.max_delay + spread)]
 
     async def execute(self, ctx: ServiceContext, campaign: Any, run: RunRow) -> RunResult:
         return await send_run(ctx, campaign, run.id, on_pause="return")
@@ -57,10 +71,19 @@ class NewsletterJob:
         assert isinstance(campaign, NewsletterCampaign)
         return validate_newsletter(campaign, config, settings)
 
+    def campaign_links(self, campaign: Any, config: LoadedConfig, settings: Settings
+                       ) -> list[str]:
+        """The links a run would check (``martech validate --links``)."""
+        assert isinstance(campaign, NewsletterCampaign)
+        return links.audience_links(campaign, config, settings).urls
+
 
 def register(registry: Registry) -> None:
     registry.add_kind(NewsletterJob())
-    registry.cli.append(cli.register)
+    registry.cli += [cli.register, dkim_cli.register]
+    registry.warnings.append(newsletter_warnings)
     registry.components["newsletter-relay-probe"] = relay_probe
     registry.components["newsletter-send-helper"] = send_helper
+    registry.components["newsletter-inbound-smtp"] = inbound.inbound_smtp
+    registry.components["newsletter-imap-poller"] = inbound.imap_mailbox
     registry.http_routes += [http_unsubscribe.add_routes, http_tracking.add_routes]

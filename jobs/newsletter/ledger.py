@@ -13,7 +13,7 @@ and the others simply go back to ``pending``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,14 +41,32 @@ class DeliveryRow:
     variables: dict[str, Any] | None
 
 
-def materialise(conn: sa.Connection, run_id: int, rows: Sequence[tuple[str, dict[str, Any]]]
-                ) -> None:
-    """Insert pending rows; a recipient already in the run (a duplicate) is a no-op."""
+def materialise(conn: sa.Connection, run_id: int, rows: Sequence[tuple[str, dict[str, Any]]],
+                due_at: Callable[[dict[str, Any]], datetime] | None = None) -> None:
+    """Insert pending rows; a recipient already in the run (a duplicate) is a no-op.
+
+    ``due_at`` gives each row the time it may be sent (per-recipient zones); without it a
+    row is due as soon as the run sends.
+    """
     if not rows:
         return
     stmt = insert_for(conn, deliveries).on_conflict_do_nothing()
     conn.execute(stmt, [{"run_id": run_id, "recipient": email, "status": "pending",
-                         "attempts": 0, "variables": variables} for email, variables in rows])
+                         "attempts": 0, "variables": variables,
+                         "due_at": due_at(variables) if due_at else None}
+                        for email, variables in rows])
+
+
+def skip_overdue(conn: sa.Connection, run_id: int, before: datetime) -> int:
+    """Pending rows due before ``before`` are too late to send: ``skipped``, with why."""
+    result = conn.execute(
+        sa.update(deliveries)
+        .where(deliveries.c.run_id == run_id, deliveries.c.status == "pending",
+               deliveries.c.due_at < before)
+        .values(status="skipped", next_attempt_at=None,
+                last_error=f"too late: due before {before:%Y-%m-%d %H:%M} UTC, "
+                           "past misfire_grace or max_delay"))
+    return int(result.rowcount or 0)
 
 
 def exclude_suppressed(conn: sa.Connection, run_id: int) -> int:
@@ -75,9 +93,17 @@ def assign_message_ids(conn: sa.Connection, run_id: int, prefix: str, suffix: st
 
 def due_pending(run_id: int | sa.ColumnElement[int], now: datetime
                 ) -> sa.ColumnElement[bool]:
-    """Pending rows of the run that may be claimed at ``now`` (the database's clock)."""
-    due = sa.or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= now)
-    return sa.and_(deliveries.c.run_id == run_id, deliveries.c.status == "pending", due)
+    """Pending rows of the run that may be claimed at ``now``: their retry time has come, and
+    so has their recipient's send time (``due_at``).
+
+    Retry and send times are schedule times, judged like schedules by the node's (injected)
+    clock: a node whose clock is off sends a retry early or late, never twice — who may send a
+    row is decided by the claim, not by the time.
+    """
+    c = deliveries.c
+    retry = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)
+    send_time = sa.or_(c.due_at.is_(None), c.due_at <= now)
+    return sa.and_(c.run_id == run_id, c.status == "pending", retry, send_time)
 
 
 def candidates(conn: sa.Connection, run_id: int, limit: int, now: datetime
@@ -95,12 +121,21 @@ def due_count(conn: sa.Connection, run_id: int, now: datetime) -> int:
                .scalar() or 0)
 
 
+SUPPRESSED_LATER = "suppressed after the run was materialised"
+
+
 def suppress(conn: sa.Connection, ids: Sequence[int]) -> None:
     """Rows whose recipient was suppressed after materialisation: they never go out."""
     if ids:
         conn.execute(sa.update(deliveries).where(deliveries.c.id.in_(list(ids))).values(
-            status="suppressed", last_error="suppressed after the run was materialised",
-            next_attempt_at=None))
+            status="suppressed", last_error=SUPPRESSED_LATER, next_attempt_at=None))
+
+
+def suppressed_later(conn: sa.Connection, run_id: int) -> int:
+    """Rows of the run a claim found suppressed since materialisation."""
+    return int(conn.execute(sa.select(sa.func.count()).where(
+        deliveries.c.run_id == run_id, deliveries.c.status == "suppressed",
+        deliveries.c.last_error == SUPPRESSED_LATER)).scalar() or 0)
 
 
 def take(conn: sa.Connection, rows: Sequence[sa.Row[Any]], token: int, node: str,
@@ -249,11 +284,10 @@ def _fate(row: DeliveryRow, out: SendOutcome, policy: Policy) -> str:
 
 def record(conn: sa.Connection, *, campaign: str, run_id: int, token: int,
            results: Sequence[tuple[DeliveryRow, SendOutcome]], now: datetime,
-           due_base: datetime, policy: Policy) -> BatchTally:
+           policy: Policy) -> BatchTally:
     """Commit outcomes of claim ``token``: sent rows in one statement, the rest executemany.
 
-    ``now`` stamps the record (the injected clock); ``due_base`` is the database's clock,
-    which retry times are compared against by every node.
+    ``now`` (the injected clock) stamps the record and schedules the retries.
     """
     tally = BatchTally()
     ours = deliveries.c.claim_id == token
@@ -274,7 +308,7 @@ def record(conn: sa.Connection, *, campaign: str, run_id: int, token: int,
             tally.released += 1
         elif fate == "retry":
             delay = min(policy.backoff * (2 ** (row.attempts - 1)), MAX_BACKOFF)
-            status, next_at = "pending", due_base + delay
+            status, next_at = "pending", now + delay
             tally.retry += 1
         else:
             setattr(tally, fate, getattr(tally, fate) + 1)
@@ -312,10 +346,14 @@ def counts(conn: sa.Connection, run_id: int) -> dict[str, int]:
 
 
 def next_retry_in_s(conn: sa.Connection, run_id: int, now: datetime) -> float | None:
-    """Seconds until the earliest pending row is due at ``now`` (the database's clock): 0.0
-    when one is due already, None when nothing is pending."""
-    stmt = sa.select(sa.func.count(), sa.func.count(deliveries.c.next_attempt_at),
-                     sa.func.min(deliveries.c.next_attempt_at)).where(
+    """Seconds from ``now`` until the earliest pending row is due: 0.0 when one is due
+    already, None when nothing is pending.
+
+    A row's time is its retry time, else its send time (``due_at``): a retry is always
+    scheduled after the row's send time, so the later of the two is the first one set.
+    """
+    when = sa.func.coalesce(deliveries.c.next_attempt_at, deliveries.c.due_at)
+    stmt = sa.select(sa.func.count(), sa.func.count(when), sa.func.min(when)).where(
         deliveries.c.run_id == run_id, deliveries.c.status == "pending")
     total, scheduled, earliest = conn.execute(stmt).one()
     if not total:

@@ -1,13 +1,13 @@
 """The send loop of one newsletter run: materialise, then claim → send → record, per batch.
 
-ARCHITECTURE.md, invariants 3, 4 and 8: every recipient is a ledger row before anything is sent;
-a batch is claimed under a lease with a fencing token (``claims.py``), each message is marked
-``on_wire`` before its content goes out and its outcome group-committed after (``wire.py``);
-pause state is re-read between batches. Any number of senders work one run at once — the run's
-owner (the engine's execution, or ``martech send --now``) and a helper on every other node
-(``helper.py``); only the owner materialises and finishes the run. Counts for reports live in
-``runs.stats``, written by the owner from the ledger; bounces and failures are also
-``tracking_events`` rows naming the recipient.
+ARCHITECTURE.md, invariants 3, 4 and 8: every recipient is a ledger row before anything is sent
+(``materialise.py``); a batch is claimed under a lease with a fencing token (``claims.py``),
+each message is marked ``on_wire`` before its content goes out and its outcome group-committed
+after (``wire.py``); pause state is re-read between batches. Any number of senders work one
+run at once — the run's owner (the engine's execution, or ``martech send --now``) and a helper
+on every other node (``helper.py``); only the owner materialises and finishes the run. Counts
+for reports live in ``runs.stats``, written by the owner from the ledger; bounces and failures
+are also ``tracking_events`` rows naming the recipient.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from jobs.newsletter import claims, ledger
-from jobs.newsletter.audiences import AudienceStats, iter_audience
-from jobs.newsletter.prepare import Prepared, compose
+from jobs.newsletter import claims, gates, ledger, links
+from jobs.newsletter.materialise import materialise, skip_overdue_now, stored_stats
+from jobs.newsletter.prepare import Prepared
 from jobs.newsletter.wire import WireBook
 from scheduler.context import ServiceContext
 from scheduler.delivery.base import OutgoingMessage, SendOutcome, Transport
 from scheduler.delivery.ratelimit import RateLimiter
-from scheduler.errors import MartechError
 from scheduler.kinds import RunResult
 from scheduler.store import pauses
 from scheduler.store.dbclock import db_now
@@ -37,7 +37,6 @@ from scheduler.store.tables import runs
 
 log = logging.getLogger("martech.newsletter")
 
-MATERIALISE_CHUNK = 2000
 POLL_S = 0.5
 STATS_EVERY_S = 1.0  # the owner refreshes runs.stats from the ledger at most this often
 
@@ -90,68 +89,28 @@ class Sender:
         self.window: deque[bool] = deque(maxlen=self.campaign.error_budget.window)
         self.stats: dict[str, Any] = {}
         self.extra = {"job": self.campaign.name, "run_id": run_id, "helper": helper}
+        self.renders = gates.RenderBudget(prepared)
         self._stats_at = 0.0
         # claims made, claims that came back short because another node held the rows left,
         # rows adopted from dead claims, rows suppressed at claim time.
         self.counters: Counter[str] = Counter(claims=0, contended=0, adopted=0, suppressed=0)
-
-    # -- materialise -------------------------------------------------------------------------
-
-    def materialise(self) -> dict[str, Any]:
-        """Stream the audience into the ledger (idempotent: re-running after a crash is safe)."""
-        stats = self._stored_stats()
-        if stats.get("materialised"):
-            return stats
-        audience = AudienceStats()
-        streamed = 0
-        chunk: list[tuple[str, dict[str, Any]]] = []
-        rows = iter_audience(self.campaign.audience, self.campaign.segment,
-                             self.ctx.config.config_dir, audience)
-        for item in rows:
-            chunk.append(item)
-            streamed += 1
-            if len(chunk) >= MATERIALISE_CHUNK:
-                with self.ctx.begin() as conn:
-                    ledger.materialise(conn, self.run_id, chunk)
-                chunk = []
-        builder = self.prepared.builder
-        probe = builder.message_id("ID")
-        prefix, suffix = probe.split("ID", 1)
-        with self.ctx.begin() as conn:
-            ledger.materialise(conn, self.run_id, chunk)
-            suppressed = ledger.exclude_suppressed(conn, self.run_id)
-            ledger.assign_message_ids(conn, self.run_id, prefix, suffix)
-            total = sum(ledger.counts(conn, self.run_id).values())
-            stats = {"materialised": True, "audience_rows": audience.rows,
-                     "invalid": audience.invalid, "filtered": audience.filtered,
-                     "duplicates": max(0, streamed - total), "suppressed": suppressed,
-                     "total": total, "invalid_examples": audience.examples}
-            conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(stats=stats))
-        log.info("audience materialised", extra={**self.extra, "action": "materialise",
-                                                 **{k: v for k, v in stats.items()
-                                                    if isinstance(v, int)}})
-        return stats
-
-    def _stored_stats(self) -> dict[str, Any]:
-        with self.ctx.begin() as conn:
-            stored = conn.execute(sa.select(runs.c.stats).where(runs.c.id == self.run_id)
-                                  ).scalar()
-        return dict(stored or {})
 
     def _refresh(self, *, write: bool) -> None:
         """Progress and stats from the ledger (every sender's work counts), written to the
         run row by the owner."""
         with self.ctx.begin() as conn:
             counts = ledger.counts(conn, self.run_id)
+            later = ledger.suppressed_later(conn, self.run_id)
             p = self.progress
             p.total = sum(counts.values())
             p.sent, p.failed = counts.get("sent", 0), counts.get("failed", 0)
             p.bounced, p.unknown = counts.get("bounced", 0), counts.get("unknown", 0)
             p.skipped = counts.get("skipped", 0) + counts.get("suppressed", 0)
             p.retrying = counts.get("pending", 0) + counts.get("sending", 0)
+            listed = self.stats.setdefault("suppressed_listed", self.stats.get("suppressed", 0))
             self.stats.update(sent=p.sent, failed=p.failed, bounced=p.bounced,
-                              unknown=p.unknown, pending=p.retrying,
-                              suppressed=counts.get("suppressed", 0))
+                              unknown=p.unknown, pending=p.retrying, suppressed_later=later,
+                              suppressed=listed + later)
             if write and not self.helper:
                 conn.execute(sa.update(runs).where(runs.c.id == self.run_id)
                              .values(stats=self._final_stats()))
@@ -166,16 +125,35 @@ class Sender:
             log.info("sender finished: %d batches claimed", self.counters["claims"],
                      extra={**self.extra, "action": "sender_done", **self.counters})
 
-    async def _run(self) -> RunResult:
+    async def _begin(self) -> bool:
+        """Materialise (the owner) or find the run materialised (a helper); False: not yet."""
         if self.helper:
-            self.stats = await self.ctx.in_thread(self._stored_stats)
-            if not self.stats.get("materialised"):
-                return RunResult("done", "the run's owner has not materialised it yet")
+            self.stats = await self.ctx.in_thread(stored_stats, self.ctx, self.run_id)
+            if not self.stats.get("materialised") or not links.settled(self.prepared,
+                                                                       self.stats):
+                return False
         else:
             self.stats = await self.ctx.in_thread(self.materialise)
-        await self.ctx.in_thread(lambda: self._refresh(write=False))
+        await self.ctx.in_thread(self._start)
+        return True
+
+    def materialise(self) -> dict[str, Any]:
+        """The owner's first step: the audience into the ledger (``materialise.py``)."""
+        return materialise(self.ctx, self.prepared, self.run_id, self.extra)
+
+    def _start(self) -> None:
+        """Before the first claim: rows too late for their zone are skipped (the owner), the
+        resume ramp is loaded, progress is read from the ledger."""
+        if not self.helper:
+            skip_overdue_now(self.ctx, self.campaign, self.run_id)
+        gates.load_ramp(self.ctx, self.campaign, self.limiter, self.run_id, self.stats)
+        self._refresh(write=False)
+
+    async def _run(self) -> RunResult:
+        if not await self._begin():
+            return RunResult("done", "the run's owner has not materialised (or checked) it yet")
+        links_ready = links.settled(self.prepared, self.stats)
         self._report()
-        batch_size = self.limiter.max_batch(self.campaign.send.batch_size)
         while True:
             if self.ctx.stopping.is_set():
                 return RunResult("interrupted", "stopped; pending rows resume on restart",
@@ -189,7 +167,16 @@ class Sender:
                                      "when the pause clears", self._final_stats())
                 await self._sleep(POLL_S)
                 continue
+            if self.progress.paused is not None:  # resumed in place: ramp up gently
+                await self.ctx.in_thread(gates.load_ramp, self.ctx, self.campaign,
+                                         self.limiter, self.run_id, self.stats)
             self.progress.paused = None
+            if not links_ready:  # checked before the first message; a broken one pauses
+                links_ready = await links.before_first_message(
+                    self.ctx, self.prepared, self.run_id, self.stats)
+                continue
+            batch_size = self.limiter.max_batch(self.campaign.send.batch_size,
+                                                self.ctx.clock.now())
             step = await self.ctx.in_thread(self._claim, batch_size)
             if step.wait_s > 0:  # the campaign's shared rate bucket is empty for now
                 await self._sleep(min(step.wait_s, POLL_S))
@@ -199,14 +186,25 @@ class Sender:
                     continue
                 if self.helper:
                     return RunResult("done", "nothing left to claim", self._final_stats())
-                wait_s = await self.ctx.in_thread(self._left)
-                if wait_s is None:
+                if not await self._wait_for_work():
                     break
-                await self._sleep(min(max(wait_s, 0.01), POLL_S))
                 continue
             await self._work(step.claim)
         await self.ctx.in_thread(lambda: self._refresh(write=True))
         return RunResult("done", None, self._final_stats())
+
+    async def _wait_for_work(self) -> bool:
+        """Nothing to claim now: False when the run is finished, else wait for a retry or a
+        send time falling due, or another sender's batch to be recorded (or adopted)."""
+        wait_s = await self.ctx.in_thread(self._left)
+        if wait_s is None:
+            return False
+        if wait_s > POLL_S:  # the next zone's 09:00: sleep on the clock, not poll
+            when = self.ctx.clock.now() + timedelta(seconds=wait_s)
+            await self.ctx.clock.sleep_until(when, self.ctx.stopping)
+        else:
+            await self._sleep(max(wait_s, 0.01))
+        return True
 
     async def _work(self, claim: claims.Claim) -> None:
         """Send one claimed batch, then act on what it says about the relay."""
@@ -218,11 +216,11 @@ class Sender:
         p.unknown += tally.unknown
         p.retrying -= tally.done
         unreachable = [out for _row, out in results if out.unreachable]
+        if await self.ctx.in_thread(self.renders.pause_if_over, self.ctx):
+            return
         if unreachable and len(unreachable) == len(results):
-            await self.ctx.in_thread(self._pause, pauses.SMTP_UNREACHABLE,
-                                     unreachable[0].error or "relay unreachable")
-            log.error("SMTP relay unreachable on every connection; campaign paused",
-                      extra={**self.extra, "action": "smtp_unreachable"})
+            await self.ctx.in_thread(gates.pause_unreachable, self.ctx, self.campaign.name,
+                                     unreachable[0])
             return  # the pause check at the top decides what happens next
         if self._budget_exceeded():
             ratio = self.window.count(True) / len(self.window)
@@ -258,13 +256,11 @@ class Sender:
                                       clock=self.ctx.clock, settings=self.ctx.settings,
                                       connections=self.campaign.send.connections,
                                       limiter=self.limiter)
-        if adopted.in_doubt and self.policy.delivery == ledger.AT_MOST_ONCE:
-            log.warning("%d deliveries were mid-send when their sender died: marked unknown",
-                        adopted.in_doubt, extra={**self.extra, "action": "recover",
-                                                 "count": adopted.in_doubt})
-        elif adopted.in_doubt:
-            log.warning("%d deliveries were mid-send when their sender died: re-sending with "
-                        "the same Message-ID", adopted.in_doubt,
+        if adopted.in_doubt:
+            log.warning("%d deliveries were mid-send when their sender died: %s",
+                        adopted.in_doubt, "marked unknown"
+                        if self.policy.delivery == ledger.AT_MOST_ONCE
+                        else "re-sending with the same Message-ID",
                         extra={**self.extra, "action": "recover", "count": adopted.in_doubt})
         self.counters.update(claims=int(step.claim is not None), contended=int(step.contended),
                              adopted=adopted.in_doubt + adopted.released,
@@ -280,20 +276,24 @@ class Sender:
         """None when the run is finished (nothing pending, nothing in flight); else how long
         to wait before looking again (a retry falling due, another sender's batch)."""
         with self.ctx.begin() as conn:
-            due_in_s = ledger.next_retry_in_s(conn, self.run_id, db_now(conn))
+            due_in_s = ledger.next_retry_in_s(conn, self.run_id, self.ctx.clock.now())
             in_flight = ledger.in_flight(conn, self.run_id)
         if due_in_s is None and not in_flight:
             return None
-        return POLL_S if due_in_s is None else due_in_s
+        if due_in_s is None or in_flight:
+            return min(POLL_S, due_in_s if due_in_s is not None else POLL_S)
+        return due_in_s
 
     async def _send_batch(self, claim: claims.Claim
                           ) -> tuple[list[tuple[ledger.DeliveryRow, SendOutcome]],
                                      ledger.BatchTally]:
         self.prepared.builder.set_date(self.ctx.clock.now())
+        # Rendered in a thread: a render may take its whole budget, and the event loop must
+        # keep serving the HTTP app and other campaigns meanwhile.
+        composed = await self.ctx.in_thread(self.renders.compose_all, claim.rows)
         book = WireBook(self.ctx, claim, campaign=self.campaign.name, policy=self.policy,
                         window=self.wire_window).start()
         outcomes: list[SendOutcome | None] = [None] * len(claim.rows)
-        prepared = self.prepared
 
         def jobs() -> Iterator[Job]:
             rows, ahead = claim.rows, self.wire_window
@@ -303,17 +303,13 @@ class Sender:
                 # Ask for the marks of the next rows before they are pulled, so a mark is
                 # usually committed by the time its message reaches DATA (the window still
                 # bounds how many are granted).
-                for row in rows[job[0]:job[0] + ahead]:
-                    book.want(row)
+                for index in range(job[0], min(job[0] + ahead, len(rows))):
+                    if isinstance(composed[index], OutgoingMessage):
+                        book.want(rows[index])
                 yield job
 
         def build(job: Job) -> OutgoingMessage | SendOutcome:
-            try:
-                message = compose(prepared, job[1])
-            except MartechError as exc:  # a template or header problem for this row
-                return SendOutcome(ok=False, error=str(exc)[:500], permanent=True)
-            book.want(job[1])
-            return message
+            return composed[job[0]]
 
         def done(job: Job, outcome: SendOutcome) -> None:
             outcomes[job[0]] = outcome

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html as html_lib
 import re
+from urllib.parse import unquote
 
 from scheduler.delivery.tokens import Signer, click_token, open_token, safe_target
 
@@ -26,8 +27,11 @@ class LinkTracker:
         # Our own links (the unsubscribe page) are never wrapped.
         self._own = self.base_url + "/"
 
-    def click_url(self, delivery_id: int, url: str) -> str | None:
+    def click_url(self, delivery_id: int, url: str, recipient: str | None = None) -> str | None:
         if url.startswith(self._own) or not safe_target(url):
+            return None
+        # A link personalised with the address stays as written: tokens carry no address.
+        if recipient and recipient.lower() in unquote(url).lower():
             return None
         return f"{self.base_url}/c/{click_token(self.signer, delivery_id, url)}"
 
@@ -35,10 +39,11 @@ class LinkTracker:
         return (f'<img src="{self.base_url}/o/{open_token(self.signer, delivery_id)}.gif" '
                 'width="1" height="1" alt="">')
 
-    def apply(self, html: str, delivery_id: int) -> str:
+    def apply(self, html: str, delivery_id: int, recipient: str | None = None) -> str:
         if self.clicks:
             def repl(match: re.Match[str]) -> str:
-                wrapped = self.click_url(delivery_id, html_lib.unescape(match.group(3)))
+                wrapped = self.click_url(delivery_id, html_lib.unescape(match.group(3)),
+                                         recipient)
                 if wrapped is None:
                     return match.group(0)
                 quoted = html_lib.escape(wrapped, quote=True)

@@ -268,7 +268,7 @@ class WireBook:
             raise _Fenced
         tally = ledger.record(conn, campaign=self.campaign, run_id=self.claim.run_id,
                               token=token, results=outcomes, now=self.ctx.clock.now(),
-                              due_base=self.claim.db_time.now(), policy=self.policy)
+                              policy=self.policy)
         ledger.mark_on_wire(conn, token, [row.id for row in marks])
         return tally
 

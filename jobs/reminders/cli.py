@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from jobs.reminders.calendar import campaign_posts
 from jobs.reminders.config import PostReminderCampaign
+from jobs.reminders.ical import build_calendar, event_count
 from jobs.reminders.plan import Upcoming, lead_text, occurrences
 from jobs.reminders.store import done_ids, mark_done, run_states
 from scheduler.cli import State, console, friendly_errors
@@ -144,15 +146,24 @@ def posted(state: State, name: str, post_id: str | None, at: str | None) -> None
 @click.command()
 @click.option("--days", default=14.0, show_default=True, help="How far ahead to look.")
 @click.option("--campaign", "names", multiple=True, help="Only this campaign (repeatable).")
+@click.option("--ics", "ics_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the posts as an iCalendar file instead (30 days back, --days ahead).")
 @click.pass_obj
 @friendly_errors
-def calendar(state: State, days: float, names: tuple[str, ...]) -> None:
+def calendar(state: State, days: float, names: tuple[str, ...], ics_file: Path | None) -> None:
     """Upcoming social posts and their reminders (done, held, sent)."""
     config = state.config()
     for name in names:
         reminder_campaign(config, name)
-    console.print(calendar_table(state.db(), config, days, SystemClock().now(),
-                                 list(names) or None))
+    now = SystemClock().now()
+    if ics_file is not None:
+        with state.db().begin() as conn:
+            cal = build_calendar(conn, config, now, ahead=timedelta(days=days),
+                                 names=list(names) or None)
+        ics_file.write_bytes(cal.to_ical())
+        console.print(f"wrote {event_count(cal)} post(s) to {ics_file}", markup=False)
+        return
+    console.print(calendar_table(state.db(), config, days, now, list(names) or None))
 
 
 def register_cli(group: click.Group) -> None:

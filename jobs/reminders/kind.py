@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from jobs.reminders import ical
 from jobs.reminders.calendar import Post, campaign_posts
 from jobs.reminders.cli import register_cli
 from jobs.reminders.config import PostReminderCampaign
@@ -28,6 +29,7 @@ from jobs.reminders.render import (
     network_label,
     render_copy,
     render_email,
+    sample_view,
     slack_text,
     template_env,
     timestamp_text,
@@ -67,6 +69,7 @@ def describe_reason(reason: str, detail: str | None) -> str:
         "manual": "the campaign was paused by hand",
         "error_budget": "too many sends had failed",
         "smtp_unreachable": "the mail relay was unreachable",
+        "broken_links": "links in the campaign were broken",
     }.get(kind, reason)
     return f"{text} ({detail})" if detail else text
 
@@ -109,7 +112,19 @@ class PostReminderKind:
             except Exception as exc:  # missing file or syntax error, both fatal for reminders
                 problems.append(Problem(str(settings.templates_dir / f"{TEMPLATE}.{suffix}"),
                                         getattr(exc, "lineno", None), "template", str(exc)))
+        if not problems:  # rendered once, under the work budget every reminder has
+            try:
+                render_email(sample_view(campaign.name), settings.templates_dir)
+            except TemplateError as exc:
+                problems.append(Problem(str(settings.templates_dir / exc.template), exc.line,
+                                        "template", exc.message))
         return problems
+
+    def campaign_links(self, campaign: Any, config: LoadedConfig, settings: Settings
+                       ) -> list[str]:
+        """Each post's link, as the reminder checks it (``martech validate --links``)."""
+        posts, _problems = campaign_posts(campaign, config)
+        return list(dict.fromkeys(p.link for p in posts if p.link))
 
     async def execute(self, ctx: ServiceContext, campaign: Any, run: RunRow) -> RunResult:
         """Send one reminder: the (post, lead) named by the run's schedule key.
@@ -144,7 +159,7 @@ class PostReminderKind:
 
         link_status: LinkStatus | None = None
         if campaign.check_link and post.link:
-            link_status = await check_link(post.link, ctx.settings.http_timeout_s)
+            link_status = await check_link(ctx, post.link)
 
         def _history() -> list[PauseEvent]:
             with ctx.begin() as conn:
@@ -152,8 +167,12 @@ class PostReminderKind:
 
         now = ctx.clock.now()
         note = held_note(run, await ctx.in_thread(_history), tz, now)
-        view = self._view(campaign, post, occurrence, lead, post_at, link_status, note, now)
-        subject, text, html = render_email(view, ctx.settings.templates_dir)
+        def _render() -> tuple[ReminderView, tuple[str, str, str]]:
+            # In a thread: templates have a work budget, and the loop must not wait on it.
+            view = self._view(campaign, post, occurrence, lead, post_at, link_status, note, now)
+            return view, render_email(view, ctx.settings.templates_dir)
+
+        view, (subject, text, html) = await ctx.in_thread(_render)
         rows = [(t, self._payload(t, campaign, view, post_at, subject, text, html, run.id))
                 for t in campaign.notify]
 
@@ -251,3 +270,4 @@ class PostReminderKind:
 def register(registry: Registry) -> None:
     registry.add_kind(PostReminderKind())
     registry.cli.append(register_cli)
+    registry.http_routes.append(ical.add_routes)

@@ -32,13 +32,35 @@ def network_label(network: str) -> str:
     return NETWORK_NAMES.get(network.lower(), network)
 
 
+SAMPLE_COPY_VARIABLES = {"link": "https://example.invalid/", "network": "linkedin",
+                         "campaign": "campaign", "post_at": "", "notes": "", "image": ""}
+
+
 def copy_problem(text: str) -> str | None:
-    """Why a copy template does not compile, or None."""
+    """Why a copy template does not compile, or does not render (within its work budget)."""
     try:
-        _copy_env.from_string(text)
+        template = _copy_env.from_string(text)
     except jinja2.TemplateSyntaxError as exc:
         return f"copy template error on line {exc.lineno}: {exc.message}"
+    try:
+        template.render(**SAMPLE_COPY_VARIABLES)
+    except TemplateError as exc:  # over its render budget
+        return f"copy template error on line {exc.line}: {exc.message}"
+    except jinja2.TemplateError:
+        return None  # e.g. a variable only known when the post is due: checked then
     return None
+
+
+def sample_view(campaign: str) -> ReminderView:
+    """What ``martech validate`` renders the reminder templates with."""
+    return ReminderView(
+        campaign=campaign, post_id="sample", post_at_local="Mon 2026-01-05 10:00 UTC",
+        lead_text="1h", due_text="in 1 hour",
+        networks=[{"network": "linkedin", "label": "LinkedIn", "text": "Sample copy",
+                   "link": "https://example.invalid/"}],
+        link="https://example.invalid/", link_status=None, link_broken=False, image=None,
+        notes=None, held_note=None, done_hint=f"martech posted {campaign} --post sample",
+        extra={"warnings": []})
 
 
 def utm_link(link: str, network: str, utm: UtmConfig | None, campaign: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from jobs.report.reputation import gather_reputation
 from scheduler.store.tables import check_results, deliveries, pauses, runs, tracking_events
 
 RUN_STATUSES = ("done", "failed", "missed", "held", "skipped", "coalesced", "running",
@@ -30,6 +31,7 @@ class CampaignReport:
     unique: dict[str, int] = field(default_factory=dict)  # opened/clicked: distinct deliveries
     pause_reasons: list[dict[str, str]] = field(default_factory=list)
     paused_now: list[str] = field(default_factory=list)
+    reputation: dict[str, Any] = field(default_factory=dict)  # see reputation.py
 
 
 @dataclass
@@ -77,6 +79,8 @@ def gather(conn: sa.Connection, name: str, campaigns: dict[str, str], checks: li
     for row in conn.execute(sa.select(pauses.c.campaign, pauses.c.reason)
                             .where(pauses.c.campaign.in_(names))):
         reports[row.campaign].paused_now.append(row.reason)
+    for campaign, rep in gather_reputation(conn, names, since, until).items():
+        reports[campaign].reputation = rep.to_json()
     return ReportData(name, since, until, now, list(reports.values()),
                       _uptime(conn, checks, since, until))
 

@@ -20,6 +20,7 @@ from scheduler.cli import friendly_errors
 from scheduler.clock import SystemClock
 from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
+from scheduler.delivery.budget import TemplateBudgetExceeded
 from scheduler.delivery.render import make_environment
 from scheduler.errors import MartechError, Problem, UnknownCampaign
 from scheduler.errors import TemplateError as MartechTemplateError
@@ -104,6 +105,13 @@ class ReportKind:
             make_environment(None, html=True).parse(path.read_text(encoding="utf-8"))
         except TemplateSyntaxError as exc:
             return [Problem(str(path), exc.lineno, "", f"template syntax error: {exc.message}")]
+        now = SystemClock().now()
+        try:  # an empty report, under the work budget every render has
+            render_html(ReportData(campaign.name, now, now, now, [], []), settings.templates_dir)
+        except TemplateBudgetExceeded as exc:
+            return [Problem(str(path), exc.line, "template", exc.message)]
+        except MartechTemplateError:
+            pass  # data-dependent; the run reports it with the data it has
         return []
 
 

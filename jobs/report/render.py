@@ -95,6 +95,8 @@ def render_text(data: ReportData) -> str:
         lines.append("  runs: " + (_pairs(c.runs) or "none"))
         lines.append("  deliveries: " + (_pairs(c.deliveries) or "none"))
         lines.append("  events: " + (_pairs(c.events) or "none"))
+        if c.reputation.get("sent"):
+            lines.append("  reputation: " + c.reputation["summary"])
         if c.paused_now:
             lines.append("  paused now: " + ", ".join(c.paused_now))
     if data.checks:

@@ -73,6 +73,7 @@ def _check_local_datetime(value: str) -> str:
     return str(value)
 
 
+check_timezone = _check_timezone  # public: kinds build zone-like fields of their own on it
 TimezoneName = Annotated[str, AfterValidator(_check_timezone)]
 CronText = Annotated[str, AfterValidator(_check_cron)]
 Name = Annotated[str, AfterValidator(_check_name)]

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from scheduler.config.base import CronText, LocalDateTimeText, Name, StrictModel, TimezoneName
 from scheduler.config.campaigns import NotifyTarget
 from scheduler.durations import Duration
+from scheduler.sizes import Size
 
 
 class HttpCheck(StrictModel):
@@ -26,6 +27,34 @@ class HttpCheck(StrictModel):
     expect_headers: dict[str, str] = Field(default_factory=dict)
     follow_redirects: bool = True
     cert_valid_for: Duration | None = None
+    verify_tls: bool = True
+    ca_file: str | None = Field(default=None, description="PEM file of extra trusted CAs")
+
+
+class PageCheck(StrictModel):
+    """A landing page ready for the traffic: the page and the assets it references, measured.
+
+    The check's ``timeout`` is the total budget for the page and all its assets; each asset
+    also has its own ``asset_timeout``. Any limit exceeded or requirement unmet fails the check.
+    """
+
+    url: str
+    status: list[int] = Field(default_factory=lambda: [200])
+    max_weight: Size | None = Field(default=None, description="page + assets, bytes on the wire")
+    max_image: Size | None = Field(default=None, description="largest allowed image")
+    max_ttfb: Duration | None = Field(default=None, description="time to first byte of the page")
+    require_viewport: bool = Field(default=True, description='<meta name="viewport">')
+    require_title: bool = True
+    require_description: bool = Field(default=True, description='<meta name="description">')
+    require_image_dimensions: bool = Field(default=True, description="<img width height>")
+    require_compression: bool = Field(default=True, description="gzip/br on text assets")
+    require_cache_headers: bool = Field(default=False,
+                                        description="Cache-Control/Expires on scripts, styles")
+    cdns: list[str] = Field(default_factory=list,
+                            description="hosts besides the page's own whose assets are fetched")
+    asset_timeout: Duration = Field(default=timedelta(seconds=5))
+    max_assets: int = Field(default=100, ge=0, le=1000)
+    headers: dict[str, str] = Field(default_factory=dict, description="request headers")
     verify_tls: bool = True
     ca_file: str | None = Field(default=None, description="PEM file of extra trusted CAs")
 
@@ -83,10 +112,14 @@ class CheckDefaults(StrictModel):
     success_threshold: int = Field(default=2, ge=1)
 
 
+PROBE_KINDS = ("http", "tcp", "dns", "smtp", "tls", "page")
+
+
 class CheckConfig(StrictModel):
-    """One check: exactly one of http/tcp/dns/smtp/tls plus optional timing overrides."""
+    """One check: exactly one of http/tcp/dns/smtp/tls/page plus optional timing overrides."""
 
     http: HttpCheck | None = None
+    page: PageCheck | None = None
     tcp: TcpCheck | None = None
     dns: DnsCheck | None = None
     smtp: SmtpCheck | None = None
@@ -101,14 +134,14 @@ class CheckConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_probe(self) -> CheckConfig:
-        given = [k for k in ("http", "tcp", "dns", "smtp", "tls") if getattr(self, k) is not None]
+        given = [k for k in PROBE_KINDS if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of http, tcp, dns, smtp, tls")
+            raise ValueError(f"give exactly one of {', '.join(PROBE_KINDS)}")
         return self
 
     @property
     def probe_kind(self) -> str:
-        for kind in ("http", "tcp", "dns", "smtp", "tls"):
+        for kind in PROBE_KINDS:
             if getattr(self, kind) is not None:
                 return kind
         raise AssertionError("validated above")

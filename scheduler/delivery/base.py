@@ -32,6 +32,9 @@ class SendOutcome:
     # The transport could not reach its relay at all (connect/greeting failed): the sender
     # pauses the campaign (smtp_unreachable) instead of burning through the list.
     unreachable: bool = False
+    # The relay refused our credentials (535): a reason of its own (smtp_auth_failed), never
+    # retried with the same credentials — accounts get locked that way.
+    auth_failed: bool = False
     # The end of DATA was written. With no reply read (``code`` None: the link dropped or the
     # reply timed out) the relay may or may not have the message: see ``in_doubt``.
     data_sent: bool = False

@@ -7,7 +7,10 @@ template we rewrite each of those outputs into a sentinel, render the template *
 shared context, and per recipient only join the pieces with the recipient's values, escaped and
 finalized exactly as Jinja would (autoescape, then the UTM finalizer). Any other use of a
 per-recipient variable (a filter, a condition, a loop variable of the same name) makes the
-template ineligible, and it is rendered by Jinja for every recipient as before.
+template ineligible, and it is rendered by Jinja for every recipient as before — and so does
+any node that transforms or re-runs the output around a site (``{% filter %}``,
+``{% autoescape %}``, macros, call blocks, block ``{% set %}``, includes and inheritance): the
+sentinel would pass through those unchanged while the real value would not.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import jinja2
 from jinja2 import nodes
 from markupsafe import escape
 
+from scheduler.delivery.budget import TemplateBudgetExceeded
+
 SENTINEL = "\x02MT{}\x03"
 
 
@@ -31,6 +36,13 @@ class Site:
 
 
 _MISSING = object()
+
+# Nodes whose body is filtered, re-escaped, captured, called or defined elsewhere: a site in
+# (or behind) one of them cannot be substituted after the fact, so the template is not split.
+_TRANSFORMING: tuple[type[nodes.Node], ...] = (
+    nodes.FilterBlock, nodes.EvalContextModifier, nodes.Macro, nodes.CallBlock,
+    nodes.AssignBlock, nodes.Include, nodes.Extends, nodes.Import, nodes.FromImport,
+)
 
 
 def _site_of(node: nodes.Expr, recipient_vars: frozenset[str]) -> Site | None:
@@ -82,6 +94,8 @@ def split_template(env: jinja2.Environment, source: str, recipient_vars: frozens
     if "\x02" in source or "\x03" in source:
         return None
     ast = env.parse(source)
+    if any(True for _node in ast.find_all(_TRANSFORMING)):
+        return None
     # A per-recipient name assigned anywhere (loop target, set, macro argument) would shadow it.
     for store in ast.find_all(nodes.Name):
         if store.ctx != "load" and store.name in recipient_vars:
@@ -106,6 +120,8 @@ def split_template(env: jinja2.Environment, source: str, recipient_vars: frozens
     try:
         template = env.from_string(ast)
         once = template.render(dict(shared))
+    except TemplateBudgetExceeded:
+        raise  # it would be over budget for every recipient: say so once, now
     except Exception:  # e.g. the shared context alone is incomplete: Jinja per recipient
         return None
     pieces: list[str] = []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import decode_header, make_header
@@ -134,7 +134,10 @@ class Envelope:
 class MessageBuilder:
     """Builds many messages of one run; only what differs is done per recipient."""
 
-    def __init__(self, envelope: Envelope, *, boundary_seed: str = "0") -> None:
+    def __init__(self, envelope: Envelope, *, boundary_seed: str = "0",
+                 sign: Callable[[bytes], bytes] | None = None) -> None:
+        """``sign``: the finished bytes → signed bytes (DKIM), applied last."""
+        self.sign = sign
         name, self.sender = parse_mailbox(envelope.from_header)
         self.domain = self.sender.rsplit("@", 1)[1]
         self.envelope = envelope
@@ -179,7 +182,9 @@ class MessageBuilder:
 
     def build(self, *, to: str, subject: str, text: str, html: str | None, message_id: str,
               list_unsubscribe: Sequence[str] = (), delivery_id: int | None = None,
-              to_name: str | None = None) -> OutgoingMessage:
+              to_name: str | None = None, envelope_from: str | None = None
+              ) -> OutgoingMessage:
+        """``envelope_from``: MAIL FROM when not the From address (a VERP bounce address)."""
         if not self._date:
             raise MartechError("MessageBuilder.set_date() was not called")
         check_header("Message-ID", message_id)
@@ -200,7 +205,10 @@ class MessageBuilder:
         if html is not None:
             parts += [self._between, qp_body(html)]
         parts.append(self._end)
+        data = b"".join(parts)
+        if self.sign is not None:
+            data = self.sign(data)
         return OutgoingMessage(
-            envelope_from=self.sender, recipients=(to,), data=b"".join(parts),
+            envelope_from=envelope_from or self.sender, recipients=(to,), data=data,
             message_id=message_id, campaign=self.envelope.campaign,
             run_id=self.envelope.run_id, delivery_id=delivery_id)

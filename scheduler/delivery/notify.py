@@ -12,15 +12,12 @@ from datetime import datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, getaddresses, parseaddr
-from typing import TYPE_CHECKING
 
 from scheduler.clock import SystemClock
+from scheduler.context import ServiceContext
 from scheduler.delivery.base import OutgoingMessage, SendOutcome, Transport
 from scheduler.delivery.factory import make_transport
 from scheduler.errors import HeaderInjectionError, MartechError
-
-if TYPE_CHECKING:
-    from scheduler.context import ServiceContext
 
 TRANSPORT_KEY = "notify_transport"
 

@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -27,6 +26,15 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
+from scheduler.delivery.budget import (
+    BudgetedSandbox,
+    RenderBudgetExceeded,
+    TemplateBudgetExceeded,
+    budget_error,
+    join_output,
+    render_budget,
+    template_line,
+)
 from scheduler.delivery.fastrender import SplitTemplate, split_template
 from scheduler.errors import TemplateError
 
@@ -164,17 +172,6 @@ class UtmTagger:
         return _TEXT_URL.sub(lambda m: self.url(m.group(0)), text)
 
 
-def _error_line(exc: BaseException, template_name: str) -> int | None:
-    """The template line of a render error, from Jinja's rewritten traceback."""
-    line = getattr(exc, "lineno", None)
-    tb: TracebackType | None = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.endswith(template_name):
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line
-
-
 def make_environment(templates_dir: Path | Sequence[Path] | None, *,
                      html: bool | Callable[[str | None], bool],
                      finalize: Callable[[Any], Any] | None = None,
@@ -182,14 +179,15 @@ def make_environment(templates_dir: Path | Sequence[Path] | None, *,
     """The one Jinja2 environment factory: sandboxed, StrictUndefined, autoescape for HTML.
 
     Every template people edit — newsletters, reminders, alerts, reports — goes through here, so
-    the sandbox is hardened in one place. ``html`` may be a ``select_autoescape`` callable.
+    the sandbox is hardened in one place, and every render has a work budget
+    (:mod:`scheduler.delivery.budget`). ``html`` may be a ``select_autoescape`` callable.
     """
     if templates_dir is None:
         loader = None
     else:
         dirs = [templates_dir] if isinstance(templates_dir, Path) else list(templates_dir)
         loader = jinja2.FileSystemLoader([str(d) for d in dirs])
-    return ImmutableSandboxedEnvironment(
+    return BudgetedSandbox(
         loader=loader, autoescape=html, undefined=StrictUndefined,
         keep_trailing_newline=keep_trailing_newline, auto_reload=False, finalize=finalize)
 
@@ -206,8 +204,9 @@ class CampaignTemplates:
 
     def __init__(self, templates_dir: Path, template: str, subject: str, *,
                  utm: Mapping[str, str] | None = None, skip_utm_prefixes: tuple[str, ...] = (),
-                 inline: bool = True) -> None:
+                 inline: bool = True, budget_ms: int | None = None) -> None:
         self.name = template
+        self.budget_ms = budget_ms  # per message; None: MARTECH_RENDER_BUDGET_MS
         self.html_name = f"{template}.html"
         self.text_name = f"{template}.txt"
         self.utm = UtmTagger(utm or {}, skip_utm_prefixes)
@@ -273,23 +272,50 @@ class CampaignTemplates:
         per-recipient values. Returns whether that worked."""
         if self.inline_per_recipient or self.text_final is None:
             return False
-        shared = {**self.globals, **shared}
+        with render_budget(self.budget_ms):  # one render: over budget is a TemplateError
+            return self._specialise({**self.globals, **shared}, self.text_final)
+
+    def _specialise(self, shared: Mapping[str, Any], text_final: str) -> bool:
         names: set[str] = set()
-        for env, source in ((self.html_env, self.html_final), (self.text_env, self.text_final),
+        for env, source in ((self.html_env, self.html_final), (self.text_env, text_final),
                             (self.subject_env, self.subject_source)):
             names |= meta.find_undeclared_variables(env.parse(source))
         recipient = frozenset(n for n in names if n not in shared)
-        html = split_template(self.html_env, self.html_final, recipient, shared, html=True,
-                              finalize=self._finalize)
-        text = split_template(self.text_env, self.text_final, recipient, shared, html=False,
-                              finalize=self._finalize)
-        subject = (None if self.subject_const is not None else split_template(
-            self.subject_env, self.subject_source, recipient, shared, html=False, finalize=None))
+        try:
+            html = split_template(self.html_env, self.html_final, recipient, shared, html=True,
+                                  finalize=self._finalize)
+        except TemplateBudgetExceeded as exc:
+            raise self._located(exc, shared, recipient) from None
+        try:
+            text = split_template(self.text_env, text_final, recipient, shared, html=False,
+                                  finalize=self._finalize)
+        except TemplateBudgetExceeded as exc:
+            raise TemplateBudgetExceeded(self.text_name, exc.message, exc.line) from None
+        try:
+            subject = (None if self.subject_const is not None else split_template(
+                self.subject_env, self.subject_source, recipient, shared, html=False,
+                finalize=None))
+        except TemplateBudgetExceeded as exc:
+            raise TemplateBudgetExceeded("subject", exc.message, exc.line) from None
         if html is None or text is None or (subject is None and self.subject_const is None):
             return False
         self.split = (html, subject, text)
         self.shared_names = frozenset(n for n in names if n in shared)
         return True
+
+    def _located(self, exc: TemplateBudgetExceeded, shared: Mapping[str, Any],
+                 recipient: frozenset[str]) -> TemplateBudgetExceeded:
+        """The error on the marketer's own line: the prepared source (CSS inlined) may differ,
+        so the original is rendered once more, under a budget of its own, to find the line."""
+        variables = {**shared, **{name: "" for name in recipient}}
+        try:
+            with render_budget(self.budget_ms, fresh=True):
+                self._render(self.html_original, variables, self.html_name)
+        except TemplateBudgetExceeded as located:
+            return located
+        except TemplateError:
+            pass
+        return TemplateBudgetExceeded(self.html_name, exc.message, None)
 
     def render_split(self, variables: Mapping[str, Any]) -> Rendered | None:
         """The fast path; None when this recipient needs Jinja (a value is missing)."""
@@ -326,21 +352,24 @@ class CampaignTemplates:
                 # globals (see ``self.globals``) and is never mutated by a sandboxed template.
                 ctx = template.new_context(dict(variables) if not isinstance(variables, dict)
                                            else variables, shared=True)
-                return "".join(template.root_render_func(ctx))
+                with render_budget():  # the message's budget when inside render()
+                    return join_output(template.root_render_func(ctx))
             except Exception:
                 template.environment.handle_exception()  # re-raises, traceback on template lines
                 raise
+        except RenderBudgetExceeded as exc:
+            raise budget_error(exc, name, "<template>") from None
         except SecurityError as exc:
             raise TemplateError(name, f"refused by the sandbox: {exc}",
-                                _error_line(exc, name)) from exc
+                                template_line(exc, name)) from exc
         except jinja2.UndefinedError as exc:
             raise TemplateError(name, f"undefined variable: {exc.message}",
-                                _error_line(exc, "<template>")) from exc
+                                template_line(exc, "<template>")) from exc
         except jinja2.TemplateError as exc:
-            raise TemplateError(name, str(exc), _error_line(exc, "<template>")) from exc
+            raise TemplateError(name, str(exc), template_line(exc, "<template>")) from exc
         except Exception as exc:  # a filter raising on bad data, e.g. int('x')
             raise TemplateError(name, f"{type(exc).__name__}: {exc}",
-                                _error_line(exc, "<template>")) from exc
+                                template_line(exc, "<template>")) from exc
 
     def render_subject(self, variables: Mapping[str, Any]) -> str:
         if self.subject_const is not None:
@@ -352,6 +381,10 @@ class CampaignTemplates:
         per-recipient fast path); otherwise they are merged here."""
         if not has_globals:
             variables = {**self.globals, **variables}
+        with render_budget(self.budget_ms):  # one budget for the whole message
+            return self._render_all(variables)
+
+    def _render_all(self, variables: Mapping[str, Any]) -> Rendered:
         subject = self.render_subject(variables)
         html = self._render(self.html_tpl, variables, self.html_name)
         if self.inline_per_recipient:
@@ -365,7 +398,8 @@ class CampaignTemplates:
     def check(self, variables: Mapping[str, Any]) -> Rendered:
         """Render against the *original* sources so errors carry the marketer's line numbers."""
         variables = {**self.globals, **variables}
-        self._render(self.html_original, variables, self.html_name)
+        with render_budget(self.budget_ms):
+            self._render(self.html_original, variables, self.html_name)
         return self.render(variables, has_globals=True)
 
 

@@ -107,7 +107,7 @@ class SmtpTransport:
         except aiosmtplib.SMTPAuthenticationError as exc:
             client.close()
             return SendOutcome(ok=False, code=exc.code, error=f"authentication failed: "
-                               f"{exc.code}", unreachable=True)
+                               f"{exc.code}", unreachable=True, auth_failed=True)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             client.close()
             return SendOutcome(ok=False, error=f"cannot connect to {opts.host}:{opts.port}: "

@@ -3,7 +3,8 @@
 from scheduler.engine.claims import ClaimedRun
 from scheduler.engine.core import Engine
 from scheduler.engine.execute import OUTAGES
+from scheduler.engine.holds import RELEASED
 from scheduler.engine.planning import effective_grace, next_fire_times, plan_claims
 
-__all__ = ["OUTAGES", "ClaimedRun", "Engine", "effective_grace", "next_fire_times",
+__all__ = ["OUTAGES", "RELEASED", "ClaimedRun", "Engine", "effective_grace", "next_fire_times",
            "plan_claims"]

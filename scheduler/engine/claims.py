@@ -8,6 +8,7 @@ run, so a catch-up after a restart or a second node is a no-op (docs/ARCHITECTUR
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +18,9 @@ from datetime import datetime
 from scheduler.context import ServiceContext
 from scheduler.engine.planning import OccurrenceCache, plan_claims
 from scheduler.kinds import ScheduleSpec
+from scheduler.store import pauses
 from scheduler.store import runs as run_store
-from scheduler.store.runs import Claim
+from scheduler.store.runs import Claim, RunRow
 
 log = logging.getLogger("martech.engine")
 
@@ -36,6 +38,17 @@ class ClaimedRun:
     run_id: int
     spec: ScheduleSpec
     scheduled_at: datetime
+    # The row once ``start_unpaused`` moved it to running: the executor then calls the job
+    # kind without another transaction of its own.
+    started: RunRow | None = None
+    claim: Claim | None = None
+
+    def as_started(self, node: str, now: datetime) -> RunRow:
+        """The run row as ``run_store.start`` left it (built here: no read back)."""
+        assert self.claim is not None
+        c = self.claim
+        return RunRow(self.run_id, c.schedule_key, c.campaign, c.kind, c.scheduled_at,
+                      c.local_slot, c.trigger, "running", node, now, now, None, c.detail, None)
 
 
 class ClaimLoop:
@@ -89,6 +102,10 @@ class ClaimLoop:
                 await asyncio.sleep(CLAIM_RETRY_S)
                 self.wake.set()
                 return
+            try:
+                claimed = await loop.run_in_executor(self._thread, self.start_unpaused, claimed)
+            except Exception:  # not started here: each run's executor starts it itself
+                log.exception("starting claimed runs failed", extra={"action": "claim"})
             for run in claimed:
                 self.spawn(run)
 
@@ -120,6 +137,24 @@ class ClaimLoop:
             run_store.advance_cursors(conn, moves, now)
         return self._owned(claims, won, {s.key: s for s in specs})
 
+    def start_unpaused(self, claimed: list[ClaimedRun]) -> list[ClaimedRun]:
+        """Start every claimed run whose campaign has no pause reason, in one transaction.
+
+        A thousand runs due at once would otherwise each need a transaction of their own (on
+        SQLite serialised behind one write lock) before their job kind gets going. A crash
+        between the claim and this commit leaves the runs pending and never started, so the
+        grace rules of recovery still apply to them.
+        """
+        if not claimed:
+            return claimed
+        now = self.ctx.clock.now()
+        with self.ctx.begin() as conn:
+            paused = pauses.paused_among(conn, [c.spec.campaign for c in claimed])
+            ids = [c.run_id for c in claimed if c.spec.campaign not in paused]
+            started = run_store.start(conn, ids, self.ctx.node, now)
+        return [dataclasses.replace(c, started=c.as_started(self.ctx.node, now))
+                if c.run_id in started else c for c in claimed]
+
     @staticmethod
     def _owned(claims: list[Claim], won: dict[tuple[str, datetime], int],
                by_key: dict[str, ScheduleSpec]) -> list[ClaimedRun]:
@@ -129,7 +164,8 @@ class ClaimLoop:
             if run_id is None:
                 continue
             if claim.status == "pending":
-                out.append(ClaimedRun(run_id, by_key[claim.schedule_key], claim.scheduled_at))
+                out.append(ClaimedRun(run_id, by_key[claim.schedule_key], claim.scheduled_at,
+                                      claim=claim))
             elif claim.status == "missed":
                 log.warning("run missed", extra={"action": "missed", "job": claim.campaign,
                                                  "run_id": run_id, "detail": claim.detail})

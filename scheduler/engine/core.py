@@ -27,9 +27,12 @@ from scheduler.kinds import Registry, RunResult, ScheduleSpec
 from scheduler.store import heartbeats
 from scheduler.store import runs as run_store
 from scheduler.store.runs import Claim, RunRow
+from scheduler.store.signals import PAUSES
 
 log = logging.getLogger("martech.engine")
 
+# Held runs are looked at when a pause changes (signals: LISTEN/NOTIFY on PostgreSQL, this
+# process's own commits) and at least this often: the fallback when no signal can arrive.
 HELD_POLL_S = 2.0
 LOOP_STOP_TIMEOUT_S = 5.0
 
@@ -63,6 +66,9 @@ class Engine:
         with gc_paused():  # thousands of specs and schedules: no cycles to look for
             self.specs = self.registry.specs(self.ctx.config)
             self.waker.sync(self.specs)
+        # Beat before claiming anything: a node that dies right after its first claim has
+        # left a heartbeat to go stale, so the others can tell it is dead and adopt its runs.
+        await self.ctx.in_thread(self.heartbeat)
         # Interrupted runs are listed before the claim loop starts, so a run claimed (and
         # perhaps finished) by this start-up's own catch-up is never mistaken for one.
         interrupted = await self.ctx.in_thread(self.recovery.interrupted_runs)
@@ -70,6 +76,7 @@ class Engine:
         self.loops = [
             asyncio.create_task(self.claims.run(), name="claim-loop"),
             asyncio.create_task(self._held_loop(), name="held-loop"),
+            asyncio.create_task(self._liveness_loop(), name="liveness-loop"),
         ]
         # Catch up everything missed while we were down, then resume interrupted runs.
         self.claims.request(self.specs)
@@ -128,40 +135,61 @@ class Engine:
         return self.claims.claim_due(specs)
 
     def _spawn_claimed(self, run: ClaimedRun) -> None:
-        self.spawn(run.run_id)
+        self.spawn(run.run_id, run.started)
 
-    def spawn(self, run_id: int) -> None:
+    def spawn(self, run_id: int, started: RunRow | None = None) -> None:
+        """Execute ``run_id`` in a task of its own; ``started``: the claim already moved it to
+        running (see ``claims._start_unpaused``)."""
         if run_id in self._tasks and not self._tasks[run_id].done():
             return
         # execute() retries every error itself, so no task exception goes unretrieved.
-        task = asyncio.create_task(self._execute_task(run_id), name=f"run-{run_id}")
+        task = asyncio.create_task(self._execute_task(run_id, started), name=f"run-{run_id}")
         self._tasks[run_id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(run_id, None))
 
-    async def _execute_task(self, run_id: int) -> None:
-        await self.executor.execute(run_id)
+    async def _execute_task(self, run_id: int, started: RunRow | None) -> None:
+        await self.executor.execute(run_id, started=started)
 
     async def execute(self, run_id: int) -> RunResult | None:
         return await self.executor.execute(run_id)
 
-    # -- held runs and heartbeat -----------------------------------------------------------
+    # -- held runs, heartbeat, adoption ---------------------------------------------------
 
     async def _held_loop(self) -> None:
-        """Release held runs whose campaign is no longer paused; skip those past max delay."""
+        """Release held runs whose campaign is no longer paused; skip those past max delay.
+
+        Woken by pause changes from any node (``ctx.signals``), polling as the fallback.
+        """
+        signals = self.ctx.signals
         while not self.ctx.stopping.is_set():
+            mark = signals.mark(PAUSES)  # before reading: a change meanwhile wakes us at once
             try:
                 for run_id in await self.ctx.in_thread(self.holds.release):
                     self.spawn(run_id)
                 await self.recovery.drain_abandoned()
-                await self.ctx.in_thread(self.heartbeat)
             except Exception:
                 log.exception("held-run check failed", extra={"action": "held"})
+            await signals.wait(mark, HELD_POLL_S, stop=self.ctx.stopping)
+
+    async def _liveness_loop(self) -> None:
+        """Every heartbeat interval: beat, then adopt the runs of nodes the database's clock
+        says are dead (ARCHITECTURE.md, invariant 8)."""
+        interval_s = self.ctx.settings.heartbeat_interval_s
+        while not self.ctx.stopping.is_set():
+            try:
+                await self.ctx.in_thread(self.heartbeat)
+                for run_id in await self.ctx.in_thread(self.recovery.adopt_orphans):
+                    self.spawn(run_id)
+                await self.recovery.drain_abandoned()
+            except Exception:
+                log.exception("heartbeat or adoption failed; retrying",
+                              extra={"action": "liveness"})
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.ctx.stopping.wait(), HELD_POLL_S)
+                await asyncio.wait_for(self.ctx.stopping.wait(), interval_s)
 
     def heartbeat(self) -> None:
         with self.ctx.begin() as conn:
-            heartbeats.beat(conn, self.ctx.node, "service", self.ctx.clock.now(),
+            heartbeats.beat(conn, self.ctx.node, "service",
                             info=f"{len(self.specs)} schedules")
 
     async def run_now(self, campaign: str) -> int | None:

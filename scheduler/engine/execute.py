@@ -39,25 +39,29 @@ RunStarted = Callable[[RunRow, datetime], None]
 
 
 def move_run(conn: sa.Connection, run: RunRow, status: str, now: datetime, node: str, *,
-             detail: str | None = None) -> bool:
-    """Move ``run`` from the status (and owner) it was read with; ``node`` now owns it.
+             detail: str | None = None) -> RunRow | None:
+    """Move ``run`` from the status, owner and lease it was read with; ``node`` now owns it.
 
-    Conditional, so of two nodes (or tasks) acting on the same read only one wins:
-    RETURNING tells, whatever rowcount the driver reports.
+    Conditional, so of two nodes (or tasks) acting on the same read only one wins, and a node
+    whose run was adopted meanwhile (its lease generation moved on) loses. A move to another
+    owner bumps the lease generation. Returns the moved row (RETURNING tells, whatever
+    rowcount the driver reports), or None.
     """
     values: dict[str, Any] = {"status": status, "node": node}
+    if node != run.node:
+        values["lease_gen"] = run_table.c.lease_gen + 1
     if status == "running":
         values["started_at"] = now
     if status in run_store.FINISHED:
         values["finished_at"] = now
     if detail is not None:
         values["detail"] = detail
-    owner = (run_table.c.node.is_(None) if run.node is None
-             else run_table.c.node == run.node)
     stmt = (sa.update(run_table)
-            .where(run_table.c.id == run.id, run_table.c.status == run.status, owner)
-            .values(**values).returning(run_table.c.id))
-    return conn.execute(stmt).first() is not None
+            .where(run_table.c.id == run.id, run_table.c.status == run.status,
+                   run_store.fenced(run.fence))
+            .values(**values).returning(run_table))
+    row = conn.execute(stmt).first()
+    return RunRow.from_row(row) if row else None
 
 
 class Executor:
@@ -71,18 +75,22 @@ class Executor:
         self.registry = registry
         self.specs = specs
         self.on_started = on_started
-        self._unrecorded: dict[int, RunResult] = {}  # outcomes whose recording failed
+        # Outcomes whose recording failed, with the run as it was executed (its fence).
+        self._unrecorded: dict[int, tuple[RunRow, RunResult]] = {}
 
-    async def execute(self, run_id: int) -> RunResult | None:
+    async def execute(self, run_id: int, *, started: RunRow | None = None
+                      ) -> RunResult | None:
         """Run ``run_id``, retrying outages and bookkeeping errors until done or stopping.
 
+        ``started``: the run as its claim inserted it, already ``running`` and ours — the
+        first attempt then skips re-reading it and the pause check the claim just made.
         Returns None when nothing was executed (held, finished, owned elsewhere, stopping).
         """
         extra: dict[str, Any] = {"job": None, "run_id": run_id}
         delay_s = self.retry_first_s
         while True:
             try:
-                return await self._attempt(run_id, extra)
+                return await self._attempt(run_id, extra, started)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -90,30 +98,33 @@ class Executor:
                 log.warning("run attempt failed (%s); the run stays active, retry in %.1fs",
                             "dependency outage" if outage else "engine error", delay_s,
                             exc_info=True, extra={**extra, "action": "run_retry"})
+            started = None  # a retry re-reads the run and its pause state
             if not await self._backoff(delay_s):
                 log.info("stopping: run left to resume on the next start",
                          extra={**extra, "action": "interrupt"})
                 return None
             delay_s = min(delay_s * 2, self.retry_max_s)
 
-    async def _attempt(self, run_id: int, extra: dict[str, Any]) -> RunResult | None:
+    async def _attempt(self, run_id: int, extra: dict[str, Any], started: RunRow | None
+                       ) -> RunResult | None:
         unrecorded = self._unrecorded.get(run_id)
         if unrecorded is not None:  # the job finished; only recording its outcome failed
-            await self._record(run_id, unrecorded, extra)
-            return unrecorded
-        run = await self.ctx.in_thread(self.load_run, run_id)
-        if run is None:
+            await self._record(*unrecorded, extra)
+            return unrecorded[1]
+        loaded = started or await self.ctx.in_thread(self.load_run, run_id)
+        if loaded is None:
             return None
-        extra["job"] = run.campaign
-        campaign = self.ctx.config.campaigns.get(run.campaign)
-        job = self.registry.kinds.get(run.kind)
+        extra["job"] = loaded.campaign
+        campaign = self.ctx.config.campaigns.get(loaded.campaign)
+        job = self.registry.kinds.get(loaded.kind)
         if campaign is None or job is None:
-            await self.ctx.in_thread(self.finish, run.id, RunResult(
+            await self.ctx.in_thread(self.finish, loaded, RunResult(
                 "skipped", "campaign no longer in the configuration"))
             log.warning("run skipped: campaign removed", extra={**extra, "action": "skip"})
             return None
-        if await self.ctx.in_thread(self.hold_if_paused, run,
-                                    self.specs().get(run.schedule_key)):
+        run = loaded if started is not None else await self.ctx.in_thread(
+            self.hold_if_paused, loaded, self.specs().get(loaded.schedule_key))
+        if run is None:
             return None
         log.info("run started", extra={**extra, "action": "run_start", "kind": run.kind})
         if self.on_started is not None:
@@ -128,16 +139,17 @@ class Executor:
         except Exception as exc:
             log.exception("run failed", extra={**extra, "action": "run_failed"})
             result = RunResult("failed", f"{type(exc).__name__}: {exc}")
-        await self._record(run.id, result, extra)
+        await self._record(run, result, extra)
         return result
 
-    async def _record(self, run_id: int, result: RunResult, extra: dict[str, Any]) -> None:
+    async def _record(self, run: RunRow, result: RunResult, extra: dict[str, Any]) -> None:
         # Kept until recorded, so a retry records the outcome instead of re-running the job.
-        self._unrecorded[run_id] = result
-        await self.ctx.in_thread(self.finish, run_id, result)
-        del self._unrecorded[run_id]
-        log.info("run %s", result.status, extra={**extra, "action": "run_end",
-                                                  "status": result.status, **result.stats})
+        self._unrecorded[run.id] = (run, result)
+        recorded = await self.ctx.in_thread(self.finish, run, result)
+        del self._unrecorded[run.id]
+        if recorded:
+            log.info("run %s", result.status, extra={**extra, "action": "run_end",
+                                                      "status": result.status, **result.stats})
 
     async def _backoff(self, delay_s: float) -> bool:
         """Wait ``delay_s`` unless the service stops first; True to carry on."""
@@ -149,27 +161,28 @@ class Executor:
         with self.ctx.begin() as conn:
             return run_store.get(conn, run_id)
 
-    def hold_if_paused(self, run: RunRow, spec: ScheduleSpec | None) -> bool:
+    def hold_if_paused(self, run: RunRow, spec: ScheduleSpec | None) -> RunRow | None:
         """A run due while its campaign is paused is held, or skipped per policy.
 
-        True when the run must not execute now: held, skipped, finished meanwhile, owned by
-        another node, or moved by someone else between our read and our update.
+        Returns the run as moved to ``running`` (its fence is what the outcome is recorded
+        under), or None when it must not execute now: held, skipped, finished meanwhile, owned
+        by another node, or moved by someone else between our read and our update.
         """
         now = self.ctx.clock.now()
         extra = {"job": run.campaign, "run_id": run.id}
         with self.ctx.begin() as conn:
             current = run_store.get(conn, run.id)
             if current is None or current.status not in run_store.ACTIVE:
-                return True  # finished meanwhile (e.g. resumed and done twice): never re-run
+                return None  # finished meanwhile (e.g. resumed and done twice): never re-run
             if current.node not in (None, self.ctx.node):
                 log.info("run owned by node %s; not executed here", current.node,
                          extra={**extra, "action": "not_owner"})
-                return True
+                return None
             reasons = pauses.reasons(conn, run.campaign)
             if not reasons:
-                return not move_run(conn, current, "running", now, self.ctx.node)
+                return move_run(conn, current, "running", now, self.ctx.node)
             if current.status == "held":
-                return True
+                return None
             why = ", ".join(p.reason for p in reasons)
             policy = spec.on_pause if spec else "hold"
             status, detail = (("skipped", f"paused: {why}") if policy == "skip"
@@ -177,11 +190,25 @@ class Executor:
             if move_run(conn, current, status, now, self.ctx.node, detail=detail):
                 log.info("run held" if policy == "hold" else "run skipped",
                          extra={**extra, "action": "hold", "reasons": why})
-            return True
+            return None
 
-    def finish(self, run_id: int, result: RunResult) -> None:
+    def finish(self, run: RunRow, result: RunResult) -> bool:
+        """Record ``result`` under the fence ``run`` was executed with; False when refused.
+
+        Refused when another node adopted the run meanwhile (this node was stopped or cut
+        off past its lease): the adopter's outcome stands, and this late write is logged.
+        """
         if result.status == "interrupted":
-            return  # stays running; resumed on the next start
+            return True  # nothing to write: it stays running, resumed on the next start
         with self.ctx.begin() as conn:
-            run_store.set_status(conn, run_id, result.status, self.ctx.clock.now(),
-                                 detail=result.detail, stats=result.stats or None)
+            if run_store.set_status(conn, run.id, result.status, self.ctx.clock.now(),
+                                    detail=result.detail, stats=result.stats or None,
+                                    fence=run.fence):
+                return True
+            current = run_store.get(conn, run.id)
+        log.warning("late run-status write refused: the run was taken over (now node %s, "
+                    "lease %s; this node held lease %s)",
+                    current.node if current else None, current.lease_gen if current else None,
+                    run.lease_gen, extra={"job": run.campaign, "run_id": run.id,
+                                          "action": "fenced", "status": result.status})
+        return False

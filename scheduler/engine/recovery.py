@@ -1,5 +1,10 @@
 """After a crash: resume interrupted runs, give up those too late, adopt dead nodes' runs.
 
+At start a node resumes what it left pending/running; all the time (every heartbeat) it adopts
+the runs of nodes the database's clock says are dead (``heartbeats.dead_nodes``), so a
+survivor takes over without a restart. Every resumption or adoption is a ``take_over``: the
+run's lease generation is bumped, and the former holder's late writes are refused.
+
 Never started and past the grace → ``missed``; started and past max delay → ``skipped``; each
 given-up run's job kind is told through its optional ``on_abandoned`` hook so it can close its
 own books (docs/ARCHITECTURE.md, "The engine").
@@ -10,9 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
-
-import sqlalchemy as sa
+from datetime import datetime
 
 from scheduler.clock import utc
 from scheduler.context import ServiceContext
@@ -23,11 +26,8 @@ from scheduler.kinds import Registry, ScheduleSpec
 from scheduler.store import heartbeats
 from scheduler.store import runs as run_store
 from scheduler.store.runs import RunRow
-from scheduler.store.tables import runs as run_table
 
 log = logging.getLogger("martech.engine")
-
-HEARTBEATS_TO_DEATH = 4  # a node whose heartbeat is this many intervals old is dead
 
 
 class Recovery:
@@ -38,23 +38,45 @@ class Recovery:
         self.specs = specs
         self.abandoned = abandoned
 
+    @property
+    def stale_after_s(self) -> float:
+        return heartbeats.stale_after_s(self.ctx.settings.heartbeat_interval_s)
+
     def interrupted_runs(self) -> list[int]:
-        """Runs left pending/running by a crash of this node (or of a node now dead) that
-        may still resume; the others are given up here."""
+        """At start: runs left pending/running by a crash of this node (or of a node now
+        dead) that may still resume, taken over; the others are given up here."""
+        me = self.ctx.node
         with self.ctx.begin() as conn:
             stale = run_store.by_status(conn, ["pending", "running"])
+            dead = heartbeats.dead_nodes(conn, self.stale_after_s,
+                                         among={str(r.node) for r in stale
+                                                if r.node not in (None, me)})
+        return self._take_over_all([r for r in stale if r.node in (None, me) or r.node in dead])
+
+    def adopt_orphans(self) -> list[int]:
+        """While running: the runs of nodes dead by the database's clock, taken over (their
+        fencing token bumped); returns those to execute here."""
+        with self.ctx.begin() as conn:
+            dead = heartbeats.dead_nodes(conn, self.stale_after_s) - {self.ctx.node}
+            orphans = run_store.active_of(conn, dead, ("pending", "running"))
+        return self._take_over_all(orphans)
+
+    def _take_over_all(self, candidates: list[RunRow]) -> list[int]:
         now = self.ctx.clock.now()
         out = []
-        for run in stale:
-            foreign = run.node not in (None, self.ctx.node)
-            if foreign and (not self._node_dead(str(run.node)) or not self._take_over(run)):
-                continue
-            if foreign:
-                run = dataclasses.replace(run, node=self.ctx.node)
+        for candidate in candidates:
+            with self.ctx.begin() as conn:
+                run = run_store.take_over(conn, candidate, self.ctx.node)
+            if run is None:
+                continue  # another survivor (or the owner, back) moved it first
             if self._give_up_if_late(run, now):
                 continue
-            log.info("resuming interrupted run", extra={
-                "job": run.campaign, "run_id": run.id, "action": "resume"})
+            extra = {"job": run.campaign, "run_id": run.id, "lease_gen": run.lease_gen}
+            if candidate.node in (None, self.ctx.node):
+                log.info("resuming interrupted run", extra={**extra, "action": "resume"})
+            else:
+                log.warning("adopted the run of dead node %s", candidate.node,
+                            extra={**extra, "action": "adopt", "from_node": candidate.node})
             out.append(run.id)
         return out
 
@@ -109,19 +131,3 @@ class Recovery:
             except Exception:
                 log.exception("on_abandoned hook failed", extra=extra)
         self.abandoned.extend(retry)  # drained again on the next held-loop pass
-
-    def _take_over(self, run: RunRow) -> bool:
-        """Adopt a dead node's run; the conditional update lets only one survivor win."""
-        stmt = (sa.update(run_table)
-                .where(run_table.c.id == run.id, run_table.c.node == run.node)
-                .values(node=self.ctx.node))
-        with self.ctx.begin() as conn:
-            return conn.execute(stmt).rowcount == 1
-
-    def _node_dead(self, node: str) -> bool:
-        limit = timedelta(seconds=self.ctx.settings.heartbeat_interval_s * HEARTBEATS_TO_DEATH)
-        with self.ctx.begin() as conn:
-            for row in heartbeats.latest(conn):
-                if row.node == node and self.ctx.clock.now() - utc(row.at) < limit:
-                    return False
-        return True

@@ -1,4 +1,11 @@
-"""Runs (one row per scheduled occurrence) and per-schedule cursors."""
+"""Runs (one row per scheduled occurrence) and per-schedule cursors.
+
+A run's owner is ``node``; its fencing token is ``lease_gen``, bumped by :func:`take_over`
+when a live node adopts a dead one's run (or a restart resumes its own). Status changes made
+by the executing node carry a :class:`Fence` and are refused once the token moved on, so a
+node that was stopped past its lease cannot overwrite the adopter's outcome (ARCHITECTURE.md,
+invariant 8).
+"""
 
 from __future__ import annotations
 
@@ -32,6 +39,14 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Fence:
+    """Who may change a run: the owner and lease generation it was read with."""
+
+    node: str | None
+    lease_gen: int
+
+
+@dataclass(frozen=True)
 class RunRow:
     id: int
     schedule_key: str
@@ -47,10 +62,21 @@ class RunRow:
     finished_at: datetime | None
     detail: str | None
     stats: dict[str, Any] | None
+    lease_gen: int = 0
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> RunRow:
         return cls(**{key: row._mapping[key] for key in cls.__dataclass_fields__})
+
+    @property
+    def fence(self) -> Fence:
+        return Fence(self.node, self.lease_gen)
+
+
+def fenced(fence: Fence) -> sa.ColumnElement[bool]:
+    """The WHERE clause of a status change made under ``fence``."""
+    owner = runs.c.node.is_(None) if fence.node is None else runs.c.node == fence.node
+    return sa.and_(owner, runs.c.lease_gen == fence.lease_gen)
 
 
 def claim(conn: sa.Connection, claims: Sequence[Claim], node: str, now: datetime
@@ -82,6 +108,20 @@ def claim(conn: sa.Connection, claims: Sequence[Claim], node: str, now: datetime
     for row in conn.execute(stmt, rows):
         won[(row.schedule_key, utc(row.scheduled_at))] = row.id
     return won
+
+
+def start(conn: sa.Connection, run_ids: Sequence[int], node: str, now: datetime) -> set[int]:
+    """Move pending runs owned by ``node`` to running; return the ids that moved.
+
+    Conditional on status and owner, like every run move, so a run someone else moved
+    meanwhile is left alone (and not returned).
+    """
+    if not run_ids:
+        return set()
+    stmt = (sa.update(runs)
+            .where(runs.c.id.in_(list(run_ids)), runs.c.status == "pending", runs.c.node == node)
+            .values(status="running", started_at=now).returning(runs.c.id))
+    return set(conn.execute(stmt).scalars())
 
 
 def cursors(conn: sa.Connection, keys: Iterable[str] | None = None) -> dict[str, datetime]:
@@ -119,7 +159,11 @@ def get(conn: sa.Connection, run_id: int) -> RunRow | None:
 
 
 def set_status(conn: sa.Connection, run_id: int, status: str, now: datetime, *,
-               detail: str | None = None, stats: dict[str, Any] | None = None) -> None:
+               detail: str | None = None, stats: dict[str, Any] | None = None,
+               fence: Fence | None = None) -> bool:
+    """Set a run's status; True if it changed. With ``fence``, only while the run is still
+    owned under it (the executing node's outcome); without, unconditionally (tools, tests).
+    """
     values: dict[str, Any] = {"status": status}
     if status == "running":
         values["started_at"] = now
@@ -129,7 +173,52 @@ def set_status(conn: sa.Connection, run_id: int, status: str, now: datetime, *,
         values["detail"] = detail
     if stats is not None:
         values["stats"] = stats
-    conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
+    stmt = sa.update(runs).where(runs.c.id == run_id)
+    if fence is not None:
+        stmt = stmt.where(fenced(fence))
+    # RETURNING tells, whatever rowcount the driver reports.
+    return conn.execute(stmt.values(**values).returning(runs.c.id)).first() is not None
+
+
+def take_over(conn: sa.Connection, run: RunRow, node: str) -> RunRow | None:
+    """Make ``node`` the owner of ``run`` under a new lease generation, if nobody moved it
+    since it was read; the new row, or None when another node won."""
+    stmt = (sa.update(runs)
+            .where(runs.c.id == run.id, runs.c.status == run.status, fenced(run.fence))
+            .values(node=node, lease_gen=runs.c.lease_gen + 1)
+            .returning(runs))
+    row = conn.execute(stmt).first()
+    return RunRow.from_row(row) if row else None
+
+
+def still_owner(conn: sa.Connection, run_id: int, fence: Fence) -> bool:
+    """Is the run still held under ``fence``? A long job (a newsletter between batches) may
+    ask, to stop early once another node has adopted its run."""
+    stmt = sa.select(sa.literal(1)).where(runs.c.id == run_id, fenced(fence))
+    return conn.execute(stmt).first() is not None
+
+
+def active_of(conn: sa.Connection, nodes: Iterable[str], statuses: Sequence[str] = ACTIVE
+              ) -> list[RunRow]:
+    """Runs in ``statuses`` owned by any of ``nodes``, oldest first."""
+    names = sorted(set(nodes))
+    if not names:
+        return []
+    stmt = (sa.select(runs).where(runs.c.status.in_(statuses), runs.c.node.in_(names))
+            .order_by(runs.c.scheduled_at))
+    return [RunRow.from_row(r) for r in conn.execute(stmt)]
+
+
+def count_by_node(conn: sa.Connection, statuses: Sequence[str] = ACTIVE
+                  ) -> dict[str, dict[str, int]]:
+    """``{node: {status: n}}`` of runs in ``statuses`` (``martech status``)."""
+    stmt = (sa.select(runs.c.node, runs.c.status, sa.func.count())
+            .where(runs.c.status.in_(statuses), runs.c.node.is_not(None))
+            .group_by(runs.c.node, runs.c.status))
+    out: dict[str, dict[str, int]] = {}
+    for node, status, n in conn.execute(stmt):
+        out.setdefault(node, {})[status] = int(n)
+    return out
 
 
 def by_status(conn: sa.Connection, statuses: Sequence[str], campaign: str | None = None

@@ -1,4 +1,5 @@
-"""The suppression list: addresses never mailed again (unsubscribed, hard-bounced, manual)."""
+"""The suppression list: addresses never mailed again (unsubscribed, hard-bounced, too many
+soft bounces, a spam complaint, or suppressed by hand)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,28 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from scheduler.store import signals
 from scheduler.store.dialect import insert_for
 from scheduler.store.tables import suppressions
 
-REASONS = ("unsubscribed", "hard_bounce", "manual")
+# forgotten: the row is a keyed hash of the address (scheduler/privacy.py)
+REASONS = ("unsubscribed", "hard_bounce", "soft_bounce", "complaint", "manual", "forgotten")
 
 
 def add(conn: sa.Connection, email: str, reason: str, now: datetime, *,
         campaign: str | None = None, detail: str | None = None) -> bool:
-    """Suppress ``email`` (lower-cased); True if it was not suppressed before."""
+    """Suppress ``email`` (lower-cased); True if it was not suppressed before. A new
+    suppression wakes every node's senders at commit (``signals``)."""
     if reason not in REASONS:
         raise ValueError(f"unknown suppression reason {reason!r}")
     stmt = insert_for(conn, suppressions).values(
         email=email.strip().lower(), reason=reason, at=now, campaign=campaign, detail=detail,
     ).on_conflict_do_nothing().returning(suppressions.c.email)
     # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT through SQLAlchemy.
-    return conn.execute(stmt).first() is not None
+    added = conn.execute(stmt).first() is not None
+    if added:
+        signals.notify(conn, signals.SUPPRESSIONS)
+    return added
 
 
 def remove(conn: sa.Connection, email: str) -> bool:

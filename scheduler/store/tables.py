@@ -30,6 +30,8 @@ schedule_cursors = sa.Table(
 
 # One row per scheduled occurrence. Whoever inserts it owns it.
 # status: pending | running | done | failed | missed | skipped | held | coalesced
+# lease_gen is the run's fencing token: bumped whenever another node (or a restart) takes the
+# run over, and every status change is conditional on it (ARCHITECTURE.md, invariant 8).
 runs = sa.Table(
     "runs",
     metadata,
@@ -47,6 +49,7 @@ runs = sa.Table(
     sa.Column("finished_at", UtcDateTime()),
     sa.Column("detail", sa.Text),
     sa.Column("stats", sa.JSON),
+    sa.Column("lease_gen", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("schedule_key", "scheduled_at"),
     sa.UniqueConstraint("schedule_key", "local_slot"),
 )
@@ -72,6 +75,9 @@ deliveries = sa.Table(
     sa.Column("claimed_at", UtcDateTime()),
     sa.Column("sent_at", UtcDateTime()),
     sa.Column("variables", sa.JSON),
+    # When this row may be sent at the earliest (per-recipient time zones: 09:00 in each
+    # recipient's zone); NULL = as soon as the run starts. The claim hands out due rows only.
+    sa.Column("due_at", UtcDateTime()),
     sa.Column("claim_id", sa.Integer),
     sa.Column("on_wire", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("run_id", "recipient"),
@@ -98,7 +104,7 @@ delivery_claims = sa.Table(
 )
 
 # A campaign sends only while it has no row here. reason: manual | guard:<check> |
-# maintenance:<window> | error_budget | smtp_unreachable
+# maintenance:<window> | error_budget | smtp_unreachable | smtp_auth_failed
 pauses = sa.Table(
     "pauses",
     metadata,
@@ -120,6 +126,8 @@ check_results = sa.Table(
     sa.Column("latency_ms", sa.Float),
     sa.Column("detail", sa.Text),
     sa.Column("node", sa.String(200)),
+    # Structured findings of probes that measure many things (the page check), for reports.
+    sa.Column("findings", sa.JSON),
     sa.Index("ix_check_results_check_at", "check_name", "at"),
 )
 
@@ -138,18 +146,31 @@ check_state = sa.Table(
     sa.Column("last_alert_at", UtcDateTime()),
 )
 
+# Who probes each check: one node at a time, cluster-wide, so a check runs once per interval
+# and hysteresis counts results, not nodes. expires_at is the database's clock (dbclock.py);
+# gen is the fencing token a result must carry to be recorded.
+check_leases = sa.Table(
+    "check_leases",
+    metadata,
+    sa.Column("check_name", sa.String(200), primary_key=True),
+    sa.Column("node", sa.String(200), nullable=False),
+    sa.Column("gen", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
+)
+
 suppressions = sa.Table(
     "suppressions",
     metadata,
     sa.Column("email", sa.String(400), primary_key=True),  # lower-cased
-    sa.Column("reason", sa.String(40), nullable=False),  # unsubscribed | hard_bounce | manual
+    # unsubscribed | hard_bounce | soft_bounce | complaint | manual
+    sa.Column("reason", sa.String(40), nullable=False),
     sa.Column("at", UtcDateTime(), nullable=False),
     sa.Column("campaign", sa.String(200)),
     sa.Column("detail", sa.Text),
 )
 
 # kind: sent | delivered | bounced | opened | clicked | unsubscribed | paused | resumed | held
-#       | skipped | missed | posted | link_broken | alert
+#       | skipped | missed | posted | link_broken | alert | soft_bounce | complained | ramp
 tracking_events = sa.Table(
     "tracking_events",
     metadata,

@@ -7,6 +7,7 @@ import aiohttp
 from jobs.guard.checks.base import Probe
 from jobs.guard.checks.dns import DnsProbe
 from jobs.guard.checks.http import HttpProbe
+from jobs.guard.checks.page import PageProbe
 from jobs.guard.checks.smtp import SmtpProbe
 from jobs.guard.checks.tcp import TcpProbe
 from jobs.guard.checks.tls import TlsProbe
@@ -18,6 +19,8 @@ def build_probe(check: CheckConfig, session: aiohttp.ClientSession, clock: Clock
                 helo_name: str | None = None) -> Probe:
     if check.http is not None:
         return HttpProbe(check.http, session, clock)
+    if check.page is not None:
+        return PageProbe(check.page, session)
     if check.tcp is not None:
         return TcpProbe(check.tcp)
     if check.dns is not None:

@@ -1,7 +1,7 @@
 """delivery leases: delivery_claims (fencing tokens), deliveries.claim_id and on_wire (issue 9)
 
 Revision ID: i9_ledger
-Revises: 0002
+Revises: i9_cluster
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import scheduler.store.types
 
 revision = "i9_ledger"
-down_revision = "0002"
+down_revision = "i9_cluster"
 branch_labels = None
 depends_on = None
 
