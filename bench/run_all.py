@@ -21,7 +21,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Run every benchmark in bench/.")
     parser.add_argument("--quick", action="store_true", help="smaller sizes in every script")
     args = parser.parse_args()
-    scripts = sorted(p for p in HERE.glob("*.py") if p.name != Path(__file__).name)
+    # _*.py are helpers the scripts import, not benchmarks.
+    scripts = sorted(p for p in HERE.glob("*.py")
+                     if p.name != Path(__file__).name and not p.name.startswith("_"))
     failed = []
     for script in scripts:
         print(f"== {script.name}", flush=True)
