@@ -21,10 +21,8 @@ def _prepare(campaign: NewsletterCampaign, ctx: ServiceContext, run_id: int) -> 
 
 
 async def send_run(ctx: ServiceContext, campaign: NewsletterCampaign, run_id: int, *,
-                   on_pause: str, progress: ProgressFn | None = None,
-                   helper: bool = False) -> RunResult:
-    """Send (or resume) run ``run_id`` of ``campaign`` through the configured transport;
-    ``helper``: as another node helping its owner (``jobs/newsletter/helper.py``)."""
+                   on_pause: str, progress: ProgressFn | None = None) -> RunResult:
+    """Send (or resume) run ``run_id`` of ``campaign`` through the configured transport."""
     try:
         # In a thread: compiling and the run-once render of the shared part are budgeted CPU.
         prepared = await ctx.in_thread(_prepare, campaign, ctx, run_id)
@@ -33,8 +31,7 @@ async def send_run(ctx: ServiceContext, campaign: NewsletterCampaign, run_id: in
     override: Transport | None = ctx.extras.get(TRANSPORT_OVERRIDE)
     transport = override or make_transport(ctx.settings, connections=campaign.send.connections)
     try:
-        sender = Sender(ctx, prepared, run_id, transport, on_pause=on_pause, progress=progress,
-                        helper=helper)
+        sender = Sender(ctx, prepared, run_id, transport, on_pause=on_pause, progress=progress)
         return await sender.run()
     except ForgottenKeyMissing as exc:  # fail closed: a forgotten person could be mailed
         return RunResult("failed", str(exc))
