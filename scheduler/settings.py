@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     reload_poll_s: float = Field(default=2.0, gt=0)
     shutdown_timeout_s: float = Field(default=8.0, gt=0)
     heartbeat_interval_s: float = Field(default=15.0, gt=0)
+    delivery_lease_s: float = Field(
+        default=30.0, ge=1.0,
+        description="a claimed batch of deliveries whose sender stops renewing it for this "
+                    "long (the database's clock) is adopted by a live node",
+    )
 
     # -- deliverability (issue 12): DKIM, bounces and complaints that come back later --------
     dkim_private_key_file: Path | None = Field(

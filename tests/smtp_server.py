@@ -7,9 +7,12 @@ Reusable by any test that sends mail::
         assert server.count("a@example.com") == 1
 
 Faults are keyed by recipient address (lower case): ``"4xx"`` (451 on RCPT), ``"5xx"`` (550 on
-RCPT), ``"hard"`` (550 5.1.1 on RCPT), ``"disconnect"`` (drop the link after DATA, before the
-reply: the client cannot know whether the message was accepted), ``"slow"`` (delay the DATA
-reply by ``slow_s``). ``fault_once`` faults apply only to the first attempt for that recipient.
+RCPT), ``"hard"`` (550 5.1.1 on RCPT), ``"disconnect"`` (drop the link after the end of DATA,
+before storing or replying: the client cannot know whether the message was accepted),
+``"store_drop"`` (store the message, then drop the link before replying), ``"drop_rcpt"`` (drop
+the link at RCPT: before any data), ``"slow"`` (delay the DATA reply by ``slow_s``, then store).
+``fault_once`` faults apply only to the first attempt for that recipient. ``data_delay_s``
+delays every DATA reply (a relay that takes its time: batches stay in flight for a while).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class RecordingHandler:
     faults: dict[str, str] = field(default_factory=dict)
     fault_once: dict[str, str] = field(default_factory=dict)
     slow_s: float = 5.0
+    data_delay_s: float = 0.0
     pipelining: bool = True  # advertise PIPELINING (aiosmtpd reads commands in order anyway)
     received: list[Received] = field(default_factory=list)
     attempts: Counter[str] = field(default_factory=Counter)
@@ -65,6 +69,9 @@ class RecordingHandler:
         with self.lock:
             self.attempts[address.lower()] += 1
         fault = self._fault(address)
+        if fault == "drop_rcpt":
+            server.transport.abort()
+            return "451 dropped"
         if fault == "4xx":
             return "451 4.3.0 try again later"
         if fault == "5xx":
@@ -81,10 +88,15 @@ class RecordingHandler:
             return "451 dropped"
         if "slow" in faults:
             await asyncio.sleep(self.slow_s)
+        if self.data_delay_s:
+            await asyncio.sleep(self.data_delay_s)
         data = envelope.original_content or b""
         with self.lock:
             self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos),
                                           data))
+        if "store_drop" in faults:
+            server.transport.abort()
+            return "451 dropped"
         return "250 2.0.0 queued"
 
 

@@ -113,22 +113,69 @@ async def test_smtp_transport_delivers_and_classifies_faults(pipelining: bool) -
 
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
-async def test_smtp_disconnect_and_slow_server_are_transient(pipelining: bool) -> None:
+async def test_a_link_lost_after_the_end_of_data_is_in_doubt_not_transient(
+        pipelining: bool) -> None:
+    """Issue 9, point 2: once the end of DATA is written, a dropped link or a timeout leaves
+    the message in doubt (the relay may have stored it: "store_drop" does); before it,
+    the failure is a plain retry. The ledger's policy decides what "in doubt" becomes."""
     handler = RecordingHandler(pipelining=pipelining,
-                               faults={"drop@x.example": "disconnect", "slow@x.example": "slow"},
-                               slow_s=3.0)
+                               faults={"stored@x.example": "store_drop",
+                                       "lost@x.example": "disconnect",
+                                       "slow@x.example": "slow",
+                                       "early@x.example": "drop_rcpt"},
+                               slow_s=1.0)
     with SmtpServer(handler) as server:
         transport = SmtpTransport(SmtpOptions("127.0.0.1", server.port, timeout_s=0.3),
                                   connections=1)
         try:
-            dropped = await transport.send(_note("drop@x.example"))
+            stored = await transport.send(_note("stored@x.example"))
+            lost = await transport.send(_note("lost@x.example"))
             slow = await transport.send(_note("slow@x.example"))
+            early = await transport.send(_note("early@x.example"))
             after = await transport.send(_note("fine@x.example"))  # reconnects by itself
         finally:
             await transport.close()
-    assert not dropped.ok and not dropped.permanent and not dropped.unreachable
-    assert not slow.ok and not slow.permanent
-    assert after.ok
+    for doubt in (stored, lost, slow):
+        assert not doubt.ok and doubt.data_sent and doubt.in_doubt, doubt
+        assert not doubt.permanent and not doubt.unreachable
+    assert not early.ok and not early.data_sent and not early.in_doubt and not early.permanent
+    assert after.ok and after.data_sent
+    # What the relay really has: the one stored before the drop. (aiosmtpd abandons the slow
+    # one when we hang up; a real relay might not: the client cannot tell the two apart.)
+    assert server.per_recipient() == {"stored@x.example": 1, "fine@x.example": 1}
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+async def test_before_data_refusal_sends_nothing_and_drops_the_transaction(
+        pipelining: bool) -> None:
+    """A sender whose lease is gone says no at the last moment: the content never goes out,
+    and the open DATA is dropped rather than ended (an ended DATA would deliver a message)."""
+    handler = RecordingHandler(pipelining=pipelining)
+    messages = [_note(f"m{i}@x.example") for i in range(6)]
+    outcomes: dict[str, object] = {}
+
+    async def allow(message: OutgoingMessage) -> bool:
+        return message.recipients[0] != "m2@x.example"
+
+    with SmtpServer(handler) as server:
+        transport = SmtpTransport(SmtpOptions("127.0.0.1", server.port, timeout_s=2),
+                                  connections=1)
+        try:
+            await transport.send_all(iter(messages), lambda m: m,
+                                     lambda m, out: outcomes.__setitem__(m.recipients[0], out),
+                                     before_data=allow)
+        finally:
+            await transport.close()
+    assert len(outcomes) == 6
+    refused = outcomes["m2@x.example"]
+    assert not refused.ok and not refused.data_sent  # type: ignore[attr-defined]
+    received = set(server.per_recipient())
+    # What went out is exactly what says ok; the rest (m2, and when pipelined the message
+    # prefetched behind it on the dropped link) is a plain "not sent", never in doubt.
+    assert received == {r for r, out in outcomes.items() if out.ok}  # type: ignore[attr-defined]
+    assert "m2@x.example" not in received and len(received) >= 4
+    assert not any(out.data_sent for r, out in outcomes.items()  # type: ignore[attr-defined]
+                   if r not in received)
 
 
 async def test_smtp_unreachable_is_flagged() -> None:

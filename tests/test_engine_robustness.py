@@ -169,15 +169,15 @@ async def test_database_blip_mid_newsletter_resumes_the_send(
 
     recipients = [f"u{i}@example.com" for i in range(30)]
     write_config(tmp_path, rows=recipients)
-    real, calls = ledger.record, {"n": 0}
+    real, calls = ledger.settle, {"n": 0}  # the group commit of sent rows and marks
 
-    def flaky(conn: sa.Connection, **kw: Any) -> Any:
+    def flaky(conn: sa.Connection, token: int, **kw: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:
             raise outage()
-        return real(conn, **kw)
+        return real(conn, token, **kw)
 
-    monkeypatch.setattr(ledger, "record", flaky)
+    monkeypatch.setattr(ledger, "settle", flaky)
     with SmtpServer() as server:
         ctx = context_for(settings_for(tmp_path, db_url, port=server.port))
         try:

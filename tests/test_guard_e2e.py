@@ -5,6 +5,7 @@ resumes and every recipient gets exactly one e-mail; the alert e-mail and webhoo
 from __future__ import annotations
 
 import asyncio
+import re
 import textwrap
 from pathlib import Path
 
@@ -144,7 +145,10 @@ async def _scenario(db: Engine, tmp_path: Path, site: HttpServer, smtp: SmtpServ
     assert str(alert_mail[0]["Subject"]) == "[martech] DOWN: website — 1 campaign(s) paused"
     body = alert_mail[0].get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert "  - digest" in body
-    assert f"Sends held: {RECIPIENTS - at_decision} pending e-mail(s)" in body
+    # Counted when the guard decided; outcomes are group-committed every few milliseconds, so
+    # the batch in flight may have recorded some more before `at_decision` was read.
+    held = int(re.search(r"Sends held: (\d+) pending e-mail\(s\)", body)[1])  # type: ignore[index]
+    assert RECIPIENTS - at_decision <= held <= RECIPIENTS - at_decision + BATCH
     assert len(hook.delivered) == 1
     assert hook.delivered[0]["text"].startswith("*DOWN: website*")
     assert "Paused: `digest`" in hook.delivered[0]["text"]

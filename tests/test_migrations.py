@@ -46,6 +46,8 @@ RELEASED = {
         "0f20ffb17e38fabaabd79dcfa8f58759ce3dbedd93de807f679b740fdc37ee9e",
     "i11_reports.py":
         "2df95b7edd4cf9c4d7ce855835110545641af90ea430964fc5c60cd514580baf",
+    "i9_ledger.py":  # delivery_claims, deliveries.claim_id and on_wire (issue 9)
+        "39a2d8fecd5c94f875b60fa6cacadbeca4b34ad1675b1ddd867ab41143bc5667",
 }
 ADDED_BY_0002 = "ix_tracking_events_delivery_kind"
 

@@ -16,6 +16,7 @@ from jobs.newsletter import (
     links,
 )
 from jobs.newsletter.config import RECIPIENT, NewsletterCampaign
+from jobs.newsletter.helper import send_helper
 from jobs.newsletter.probe import relay_probe
 from jobs.newsletter.runner import TRANSPORT_OVERRIDE, send_run
 from jobs.newsletter.validate import newsletter_warnings, validate_newsletter
@@ -82,6 +83,7 @@ def register(registry: Registry) -> None:
     registry.cli += [cli.register, dkim_cli.register]
     registry.warnings.append(newsletter_warnings)
     registry.components["newsletter-relay-probe"] = relay_probe
+    registry.components["newsletter-send-helper"] = send_helper
     registry.components["newsletter-inbound-smtp"] = inbound.inbound_smtp
     registry.components["newsletter-imap-poller"] = inbound.imap_mailbox
     registry.http_routes += [http_unsubscribe.add_routes, http_tracking.add_routes]

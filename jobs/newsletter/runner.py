@@ -21,8 +21,10 @@ def _prepare(campaign: NewsletterCampaign, ctx: ServiceContext, run_id: int) -> 
 
 
 async def send_run(ctx: ServiceContext, campaign: NewsletterCampaign, run_id: int, *,
-                   on_pause: str, progress: ProgressFn | None = None) -> RunResult:
-    """Send (or resume) run ``run_id`` of ``campaign`` through the configured transport."""
+                   on_pause: str, progress: ProgressFn | None = None,
+                   helper: bool = False) -> RunResult:
+    """Send (or resume) run ``run_id`` of ``campaign`` through the configured transport;
+    ``helper``: as another node helping its owner (``jobs/newsletter/helper.py``)."""
     try:
         # In a thread: compiling and the run-once render of the shared part are budgeted CPU.
         prepared = await ctx.in_thread(_prepare, campaign, ctx, run_id)
@@ -31,7 +33,8 @@ async def send_run(ctx: ServiceContext, campaign: NewsletterCampaign, run_id: in
     override: Transport | None = ctx.extras.get(TRANSPORT_OVERRIDE)
     transport = override or make_transport(ctx.settings, connections=campaign.send.connections)
     try:
-        sender = Sender(ctx, prepared, run_id, transport, on_pause=on_pause, progress=progress)
+        sender = Sender(ctx, prepared, run_id, transport, on_pause=on_pause, progress=progress,
+                        helper=helper)
         return await sender.run()
     except ForgottenKeyMissing as exc:  # fail closed: a forgotten person could be mailed
         return RunResult("failed", str(exc))

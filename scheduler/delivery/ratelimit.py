@@ -1,9 +1,16 @@
-"""Token buckets per second and per hour, persisted in ``rate_buckets`` so a restart does not
-hand out a fresh burst (a relay's hourly quota does not reset because we crashed).
+"""A campaign's rate limit, shared by every sender of it: token buckets in ``rate_buckets``.
 
-A bucket of ``rate`` tokens per ``period_s`` holds at most ``rate`` tokens. The sender reserves
-a whole batch before claiming it (``wait_s`` says how long until it may), so no claimed row ever
-sits waiting on the limiter — a pause or shutdown never strands a claimed batch.
+A bucket of ``rate`` tokens per ``period_s`` holds at most ``rate`` tokens. Each sender reserves
+a whole batch in the transaction that claims it (:meth:`RateLimiter.reserve`): the bucket rows
+are read under a row lock (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already
+serialises writers), refilled, debited and written back before the lock is released, so all
+senders of a campaign on all nodes draw from one bucket and together never exceed
+``rate_per_s`` / ``rate_per_h`` (issue 9, point 4h). A restart hands out no fresh burst (a
+relay's hourly quota does not reset because we crashed). Time is the database's clock, passed
+in by the caller, so two nodes' clocks are never mixed in one bucket.
+
+No claimed row waits on the limiter: a batch is claimed only once its tokens are taken, so a
+pause or shutdown never strands a claimed batch.
 
 A :class:`~scheduler.delivery.ramp.Ramp` scales every bucket's rate *and* capacity while it
 runs, so a bucket that filled up during a pause cannot release a full-rate burst either.
@@ -39,7 +46,9 @@ class TokenBucket:
         elapsed = max(0.0, (now - self.updated_at).total_seconds())
         rate = self.rate * self.factor
         self.tokens = min(self.capacity, self.tokens + elapsed * rate / self.period_s)
-        self.updated_at = now
+        # Another sender's transaction may have stamped the row a moment "later" than the
+        # now() our transaction started with: never move it back.
+        self.updated_at = max(now, self.updated_at)
 
     def wait_s(self, n: float, now: datetime) -> float:
         """Seconds until ``n`` tokens are available (0 if now)."""
@@ -91,9 +100,14 @@ class RateLimiter:
         caps = [int(rate) for _k, rate, _p in self.specs if rate]
         return max(1, min([wanted, *caps]))
 
-    def load(self, conn: sa.Connection, now: datetime) -> None:
-        stored = {row.key: row for row in conn.execute(
-            sa.select(rate_buckets).where(rate_buckets.c.key.in_([k for k, _r, _p in self.specs])))}
+    def load(self, conn: sa.Connection, now: datetime, *, lock: bool = False) -> None:
+        """Read the stored buckets (a missing one starts full), refilled to ``now``;
+        ``lock``: under a row lock, for :meth:`reserve`."""
+        select = sa.select(rate_buckets).where(
+            rate_buckets.c.key.in_([k for k, _r, _p in self.specs]))
+        if lock:
+            select = select.with_for_update()
+        stored = {row.key: row for row in conn.execute(select)}
         self.buckets = []
         for key, rate, period_s in self.specs:
             if not rate:
@@ -125,3 +139,27 @@ class RateLimiter:
             set_={"tokens": base.excluded.tokens, "updated_at": base.excluded.updated_at})
         conn.execute(stmt, [{"key": b.key, "tokens": b.tokens, "updated_at": b.updated_at}
                             for b in self.buckets])
+
+    def reserve(self, conn: sa.Connection, n: int, now: datetime) -> float:
+        """Take ``n`` tokens from every bucket in this transaction, or none: the seconds to
+        wait before asking again (0.0 when taken). ``now`` is the database's clock."""
+        if not self.active or n <= 0:
+            return 0.0
+        self._ensure_rows(conn, now)
+        self.load(conn, now, lock=True)
+        wait = self.wait_s(n, now)
+        if wait > 0:
+            return wait
+        self.take(n, now)
+        self.save(conn)
+        return 0.0
+
+    def _ensure_rows(self, conn: sa.Connection, now: datetime) -> None:
+        """Create missing bucket rows (full), so the locking read has rows to lock."""
+        wanted = [(k, rate) for k, rate, _p in self.specs if rate]
+        have = set(conn.execute(sa.select(rate_buckets.c.key).where(
+            rate_buckets.c.key.in_([k for k, _r in wanted]))).scalars())
+        rows = [{"key": k, "tokens": rate, "updated_at": now} for k, rate in wanted
+                if k not in have]
+        if rows:
+            conn.execute(insert_for(conn, rate_buckets).on_conflict_do_nothing(), rows)

@@ -2,22 +2,25 @@
 
 Errors are classified for the ledger: 4xx replies and dropped connections are transient (retried
 with backoff), 5xx replies are permanent, and 5.1.x (bad mailbox) is a hard bounce that puts the
-address on the suppression list. A failure to connect at all is flagged ``unreachable`` so the
-sender can pause the campaign instead of failing every recipient.
+address on the suppression list. A link lost (or a reply timed out) after the end of DATA was
+written is neither: the outcome says ``data_sent`` with no code, and the ledger's delivery policy
+decides (ARCHITECTURE.md, invariant 3). A failure to connect at all is flagged ``unreachable``
+so the sender can pause the campaign instead of failing every recipient.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
 import aiosmtplib
 
-from scheduler.delivery.base import OutgoingMessage, SendOutcome
-from scheduler.delivery.smtp_pipeline import ConnectionLost, PipeProtocol, pipeline
+from scheduler.delivery.base import BeforeData, OutgoingMessage, SendOutcome
+from scheduler.delivery.smtp_pipeline import ConnectionLost, PipeProtocol, dot_stuffed, pipeline
 from scheduler.settings import Settings, SmtpSecurity
 
 J = TypeVar("J")
@@ -118,19 +121,21 @@ class SmtpTransport:
         return outcomes[0]
 
     async def send_all(self, jobs: Iterator[J], build: Callable[[J], OutgoingMessage | SendOutcome],
-                       done: Callable[[J, SendOutcome], None], *, workers: int | None = None
-                       ) -> None:
+                       done: Callable[[J, SendOutcome], None], *, workers: int | None = None,
+                       before_data: BeforeData | None = None) -> None:
         """Send every job of the shared iterator over the pool; ``done`` gets each outcome.
 
         Each connection pulls the next job when it is free, so a slow link never holds up the
         others. Jobs left when no connection can be opened get an ``unreachable`` outcome.
+        ``before_data(job)`` is awaited just before a message's content is written (see
+        ``smtp_pipeline.pipeline``); when it says False the message is not sent.
         """
         pool = self._pool()
 
         async def worker() -> SendOutcome | None:
             client = await pool.get()
             try:
-                return await self._work(client, jobs, build, done)
+                return await self._work(client, jobs, build, done, before_data)
             finally:
                 pool.put_nowait(client)
 
@@ -143,7 +148,8 @@ class SmtpTransport:
 
     async def _work(self, client: aiosmtplib.SMTP, jobs: Iterator[J],
                     build: Callable[[J], OutgoingMessage | SendOutcome],
-                    done: Callable[[J, SendOutcome], None]) -> SendOutcome | None:
+                    done: Callable[[J, SendOutcome], None],
+                    before_data: BeforeData | None) -> SendOutcome | None:
         while True:
             failed = await self._ensure_connected(client)
             if failed is not None:
@@ -152,7 +158,7 @@ class SmtpTransport:
             if pipe is not None:
                 try:
                     await pipeline(pipe, jobs, build, done, timeout_s=self.options.timeout_s,
-                                   classify=classify)
+                                   classify=classify, before_data=before_data)
                     return None
                 except ConnectionLost:
                     self._drop(client)
@@ -162,7 +168,8 @@ class SmtpTransport:
                 if isinstance(built, SendOutcome):
                     done(job, built)
                     continue
-                done(job, await self._send_on(client, built))
+                gate = None if before_data is None else functools.partial(before_data, job)
+                done(job, await self._send_on(client, built, gate))
                 if not client.is_connected:
                     break
             else:
@@ -190,14 +197,18 @@ class SmtpTransport:
             pipe.transport.close()
         client.close()
 
-    async def _send_on(self, client: aiosmtplib.SMTP, message: OutgoingMessage) -> SendOutcome:
+    async def _send_on(self, client: aiosmtplib.SMTP, message: OutgoingMessage,
+                       gate: Callable[[], Awaitable[bool]] | None = None) -> SendOutcome:
         """One MAIL/RCPT/DATA transaction with the timeout on every step.
 
         ``sendmail`` would re-parse both addresses with ``email.utils`` for every message
         (~200 µs); ours were validated when the ledger was materialised, so the commands are
-        issued directly (still through aiosmtplib's protocol, which dot-stuffs the data).
+        issued directly. DATA and the content are two steps (aiosmtplib's ``data()`` is one),
+        so that ``gate`` runs between them and the outcome knows whether the end of data was
+        written when the link fails.
         """
         timeout = self.options.timeout_s
+        written = False
         try:
             reply = await client.execute_command(
                 b"MAIL", b"FROM:<" + message.envelope_from.encode("ascii") + b">",
@@ -209,18 +220,33 @@ class SmtpTransport:
                     b"RCPT", b"TO:<" + rcpt.encode("ascii") + b">", timeout=timeout)
                 if reply.code not in (250, 251):
                     return await self._refused(client, reply.code, reply.message)
-            await client.data(message.data, timeout=timeout)
+            reply = await client.execute_command(b"DATA", timeout=timeout)
+            if reply.code != 354:
+                return await self._refused(client, reply.code, reply.message)
+            if gate is not None and not await gate():
+                client.close()  # the relay discards the open transaction
+                return SendOutcome(ok=False, error="not sent: the sender's lease on it was lost",
+                                   attempted=False)
+            protocol = client.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("connection lost")
+            protocol.write(dot_stuffed(message.data))
+            written = True
+            end = await protocol.read_response(timeout=timeout)
+            if end.code != 250:
+                return classify(end.code, end.message)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, TimeoutError,
                 ConnectionError, OSError) as exc:
             client.close()  # a half-finished transaction: start the next one on a fresh link
             return SendOutcome(ok=False, error=f"connection lost: {type(exc).__name__}: "
-                               f"{exc}"[:500])
+                               f"{exc}"[:500], data_sent=written)
         except aiosmtplib.SMTPResponseException as exc:
             return await self._refused(client, exc.code, exc.message)
         except (aiosmtplib.SMTPException, ValueError, UnicodeEncodeError) as exc:
             client.close()
-            return SendOutcome(ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
-        return SendOutcome(ok=True, code=250)
+            return SendOutcome(ok=False, error=f"{type(exc).__name__}: {exc}"[:500],
+                               data_sent=written)
+        return SendOutcome(ok=True, code=250, data_sent=True)
 
     async def _refused(self, client: aiosmtplib.SMTP, code: int, text: str) -> SendOutcome:
         """Classify a refusal, then reset the envelope so the connection stays usable."""

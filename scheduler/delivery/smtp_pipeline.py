@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from scheduler.delivery.base import OutgoingMessage, SendOutcome
+from scheduler.delivery.base import BeforeData, OutgoingMessage, SendOutcome
 
 J = TypeVar("J")
 MAX_REPLY_BYTES = 64 * 1024
@@ -131,10 +131,15 @@ Classify = Callable[[int, str], SendOutcome]
 async def pipeline(proto: PipeProtocol, jobs: Iterator[J],
                    build: Callable[[J], OutgoingMessage | SendOutcome],
                    done: Callable[[J, SendOutcome], None], *, timeout_s: float,
-                   classify: Classify) -> None:
+                   classify: Classify, before_data: BeforeData | None = None) -> None:
     """Send jobs pulled from the shared iterator until it is empty or the link fails.
 
-    :raises ConnectionLost: after reporting the in-flight job(s) as transient failures.
+    ``before_data(job)`` is awaited between the relay's 354 and the content: it returns once
+    the ledger knows the message may cross (False: do not send it — the link is dropped, so
+    the relay discards the open transaction instead of delivering an empty message).
+
+    :raises ConnectionLost: after reporting the in-flight job(s) as transient failures; the
+        one whose end of data was written (``data_sent``) is in doubt.
     """
     def next_item() -> _Item[J] | None:
         for job in jobs:
@@ -149,6 +154,8 @@ async def pipeline(proto: PipeProtocol, jobs: Iterator[J],
     if current is None:
         return
     nxt: _Item[J] | None = None
+    written = False  # current's end of data is on the wire
+    refused_by_gate = False
     try:
         proto.write(envelope(current.message))
         while current is not None:
@@ -157,29 +164,34 @@ async def pipeline(proto: PipeProtocol, jobs: Iterator[J],
             refused = next((r for r in (mail, *rcpts) if r.code not in (250, 251)), None)
             nxt = next_item()
             tail = envelope(nxt.message) if nxt is not None else b""
-            if data.code == 354:
-                body = dot_stuffed(current.message.data) if refused is None else b".\r\n"
-                reset = b"RSET\r\n" if refused is not None else b""
-                proto.write(body + reset + tail)
-                end = await proto.read(2 if reset else 1, timeout_s)
-                if refused is not None:
-                    outcome = classify(refused.code, refused.text)
-                elif end[0].code == 250:
-                    outcome = SendOutcome(ok=True, code=250)
-                else:
-                    outcome = classify(end[0].code, end[0].text)
+            if data.code == 354 and refused is None:
+                if before_data is not None and not await before_data(current.job):
+                    refused_by_gate = True
+                    raise ConnectionLost("not sent: the sender's lease on it was lost")
+                proto.write(dot_stuffed(current.message.data) + tail)
+                written = True
+                end = await proto.read(1, timeout_s)
+                outcome = (SendOutcome(ok=True, code=250, data_sent=True)
+                           if end[0].code == 250 else classify(end[0].code, end[0].text))
+            elif data.code == 354 and refused is not None:  # end an empty DATA, reset
+                proto.write(b".\r\nRSET\r\n" + tail)
+                await proto.read(2, timeout_s)
+                outcome = classify(refused.code, refused.text)
             else:
                 proto.write(b"RSET\r\n" + tail)
                 await proto.read(1, timeout_s)
                 bad = refused or data
                 outcome = classify(bad.code, bad.text)
             done(current.job, outcome)
-            current, nxt = nxt, None
+            current, nxt, written = nxt, None, False
     except ConnectionLost as exc:
-        # The in-flight message may or may not have been accepted: transient, retried later
-        # (with the same Message-ID). The prefetched one was never sent.
-        lost = SendOutcome(ok=False, error=f"connection lost: {exc}"[:500])
-        for item in (current, nxt):
-            if item is not None:
-                done(item.job, lost)
+        # Before its end of data was written the in-flight message was certainly not
+        # accepted: a plain retry. After it, nobody knows (``data_sent``): the ledger's
+        # policy decides. The prefetched one was never sent.
+        error = f"connection lost: {exc}"[:500]
+        if current is not None:
+            done(current.job, SendOutcome(ok=False, error=error, data_sent=written,
+                                          attempted=not refused_by_gate))
+        if nxt is not None:
+            done(nxt.job, SendOutcome(ok=False, error=error, attempted=False))
         raise

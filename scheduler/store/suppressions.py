@@ -3,6 +3,7 @@ soft bounces, a spam complaint, or suppressed by hand)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -40,6 +41,19 @@ def remove(conn: sa.Connection, email: str) -> bool:
 def is_suppressed(conn: sa.Connection, email: str) -> bool:
     stmt = sa.select(sa.literal(1)).where(suppressions.c.email == email.strip().lower())
     return conn.execute(stmt).first() is not None
+
+
+def suppressed_among(conn: sa.Connection, emails: Collection[str]) -> set[str]:
+    """Which of ``emails`` (lower-cased, as the ledger stores them) are suppressed now.
+
+    The one query a delivery claim makes against the suppression list (issue 9, point 3): a
+    new form of suppression (e.g. a keyed hash of a forgotten address) extends this query,
+    and every claim honours it.
+    """
+    if not emails:
+        return set()
+    stmt = sa.select(suppressions.c.email).where(suppressions.c.email.in_(list(emails)))
+    return set(conn.execute(stmt).scalars())
 
 
 def reason_of(conn: sa.Connection, email: str) -> str | None:

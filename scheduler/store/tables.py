@@ -55,7 +55,10 @@ runs = sa.Table(
 )
 
 # One row per recipient of a run, materialised before anything is sent.
-# status: pending | sending | sent | failed | bounced | unknown | skipped
+# status: pending | sending | sent | failed | bounced | unknown | skipped | suppressed
+# ``claim_id`` names the delivery_claims row (the lease) a ``sending`` row belongs to;
+# ``on_wire`` says its end-of-DATA may have been written under that claim (ARCHITECTURE.md,
+# invariant 3): only such rows are in doubt when their claim dies.
 deliveries = sa.Table(
     "deliveries",
     metadata,
@@ -75,10 +78,31 @@ deliveries = sa.Table(
     # When this row may be sent at the earliest (per-recipient time zones: 09:00 in each
     # recipient's zone); NULL = as soon as the run starts. The claim hands out due rows only.
     sa.Column("due_at", UtcDateTime()),
+    sa.Column("claim_id", sa.Integer),
+    sa.Column("on_wire", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("run_id", "recipient"),
     # (run, status) for the sender's claims; sent_at too, so reports count a run's sends per
     # hour on the index alone (jobs/report/campaigns.py).
     sa.Index("ix_deliveries_run_status_sent", "run_id", "status", "sent_at"),
+)
+
+# One row per claimed batch of deliveries: its id is the fencing token every write of the
+# batch is conditional on; the row exists while the lease is held. ``expires_at`` and
+# ``deadline`` are the database's clock (never a node's): a claim is renewed until its
+# deadline (the batch's worst case) and adopted by any live node once expired. AUTOINCREMENT
+# on SQLite: a token is never handed out twice, even after its row is deleted.
+delivery_claims = sa.Table(
+    "delivery_claims",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer, nullable=False, index=True),
+    sa.Column("node", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("claimed_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
+    sa.Column("deadline", UtcDateTime(), nullable=False),
+    sqlite_autoincrement=True,
 )
 
 # A campaign sends only while it has no row here. reason: manual | guard:<check> |
