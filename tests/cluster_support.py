@@ -106,6 +106,14 @@ class Node:
             self.proc.kill()
             self.proc.wait(5)
 
+    def http_ready(self) -> bool:
+        """Does this node's HTTP app accept connections yet? (It starts after the engine.)"""
+        try:
+            with socket.create_connection(("127.0.0.1", self.http_port), timeout=1):
+                return True
+        except OSError:
+            return False
+
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """A ``martech`` command run against this node's settings."""
         return subprocess.run([sys.executable, "-m", "martech", *args], cwd=self.root,
