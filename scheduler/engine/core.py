@@ -22,7 +22,7 @@ from scheduler.engine.holds import HeldRuns
 from scheduler.engine.planning import next_fire_times
 from scheduler.engine.recovery import Recovery
 from scheduler.engine.wake import Waker
-from scheduler.gcpause import gc_paused
+from scheduler.gcpause import freeze_heap, gc_paused
 from scheduler.kinds import Registry, RunResult, ScheduleSpec
 from scheduler.store import heartbeats
 from scheduler.store import runs as run_store
@@ -66,6 +66,7 @@ class Engine:
         with gc_paused():  # thousands of specs and schedules: no cycles to look for
             self.specs = self.registry.specs(self.ctx.config)
             self.waker.sync(self.specs)
+        freeze_heap()  # long-lived from here: later collections need not walk it
         # Beat before claiming anything: a node that dies right after its first claim has
         # left a heartbeat to go stale, so the others can tell it is dead and adopt its runs.
         await self.ctx.in_thread(self.heartbeat)
@@ -119,6 +120,7 @@ class Engine:
             self.ctx.config = config
         self.specs = specs
         self.waker.sync(self.specs)
+        freeze_heap()
         # Catch-up is cursor-based, so re-adding jobs never drops an occurrence (#696).
         self.claims.request(self.specs)
 
