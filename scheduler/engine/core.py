@@ -16,7 +16,7 @@ from datetime import datetime
 
 from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
-from scheduler.engine.claims import ClaimedRun, ClaimLoop
+from scheduler.engine.claims import Claimed, ClaimedRun, ClaimLoop
 from scheduler.engine.execute import Executor, RunStarted
 from scheduler.engine.holds import HeldRuns
 from scheduler.engine.planning import next_fire_times
@@ -39,13 +39,14 @@ LOOP_STOP_TIMEOUT_S = 5.0
 
 class Engine:
     def __init__(self, ctx: ServiceContext, registry: Registry, *,
-                 on_run_started: RunStarted | None = None) -> None:
+                 on_run_started: RunStarted | None = None,
+                 on_claimed: Claimed | None = None) -> None:
         self.ctx = ctx
         self.registry = registry
         self.specs: dict[str, ScheduleSpec] = {}
         abandoned: collections.deque[tuple[RunRow, str]] = collections.deque()
         self.waker = Waker(ctx.clock, self._on_wake)
-        self.claims = ClaimLoop(ctx, self._specs, self._spawn_claimed)
+        self.claims = ClaimLoop(ctx, self._specs, self._spawn_claimed, on_claimed)
         self.executor = Executor(ctx, registry, self._specs, on_run_started)
         self.holds = HeldRuns(ctx, self._specs, abandoned)
         self.recovery = Recovery(ctx, registry, self._specs, abandoned)
