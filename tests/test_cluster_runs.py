@@ -223,7 +223,7 @@ async def test_outcomes_finishing_together_share_one_commit_each_under_its_own_f
     with caplog.at_level(logging.WARNING, logger="martech.engine"):
         answers = await asyncio.gather(outcomes.record(stale, RunResult("failed", "stale")),
                                        outcomes.record(current, RunResult("done", "current")))
-    assert answers == [False, True] and groups == [2]
+    assert list(answers) == [False, True] and groups == [2]
     [row] = run_rows(db)
     assert (row.status, row.detail, row.lease_gen) == ("done", "current", current.lease_gen)
     assert [r.run_id for r in caplog.records  # type: ignore[attr-defined]
