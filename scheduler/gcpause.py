@@ -33,5 +33,12 @@ def freeze_heap() -> None:
     ~80 ms with the GIL held, and it came in the middle of starting 1,000 runs due at once
     (due -> started p99 ~110 ms -> ~190 ms). Reference counting still frees frozen objects;
     only a cycle among them would outlive its use, and these trees hold none (see above).
+    ``thaw_heap`` (at engine stop) hands them back, so a process that starts many engines
+    (the tests) does not keep every cycle alive at each start.
     """
     gc.freeze()
+
+
+def thaw_heap() -> None:
+    """Undo ``freeze_heap``: frozen objects are collectable again (``gc.unfreeze``)."""
+    gc.unfreeze()

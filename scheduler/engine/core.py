@@ -22,7 +22,7 @@ from scheduler.engine.holds import HeldRuns
 from scheduler.engine.planning import next_fire_times
 from scheduler.engine.recovery import Recovery
 from scheduler.engine.wake import Waker
-from scheduler.gcpause import freeze_heap, gc_paused
+from scheduler.gcpause import freeze_heap, gc_paused, thaw_heap
 from scheduler.kinds import Registry, RunResult, ScheduleSpec
 from scheduler.store import heartbeats
 from scheduler.store import runs as run_store
@@ -109,6 +109,7 @@ class Engine:
                 await asyncio.wait(still, timeout=1.0)
         await asyncio.gather(*self.loops, return_exceptions=True)
         self.claims.close()
+        thaw_heap()
 
     def reload(self, config: LoadedConfig | None = None) -> None:
         """Swap schedules to match ``config`` (default ``ctx.config``); cursors are untouched.
