@@ -7,7 +7,8 @@ through ``Engine.start`` returning; the catch-up claim that start-up leaves runn
 background is timed too. Lateness is due -> job started, the figure users feel (the engine's
 ``on_run_started`` hook, called just before the job kind runs), measured against a naive
 baseline in the same run: one INSERT + COMMIT per job in a loop, as a home-made scheduler would
-do; due -> the kind's own first line is shown as well. ``--repeat N`` runs it all N times,
+do; due -> claim committed (``on_claimed``) and due -> the kind's own first line are shown
+as well. ``--repeat N`` runs it all N times,
 each in a fresh process (the machine may be shared: each run prints the load average).
 """
 
@@ -36,6 +37,7 @@ from scheduler.config.campaigns import CampaignBase
 from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
 from scheduler.engine import Engine
+from scheduler.engine.claims import ClaimedRun
 from scheduler.kinds import Registry, RunResult, ScheduleSpec
 from scheduler.schedules import Schedule
 from scheduler.service import load_and_validate
@@ -152,7 +154,12 @@ async def lateness(n: int, url: str, root: Path) -> dict[str, float]:
     def started(run: RunRow, at: datetime) -> None:
         late_ms.append((at - utc(run.scheduled_at)).total_seconds() * 1000)
 
-    engine = Engine(ctx, registry, on_run_started=started)
+    claimed_ms: list[float] = []
+
+    def claimed(runs: list[ClaimedRun], at: datetime) -> None:
+        claimed_ms.extend((at - utc(r.scheduled_at)).total_seconds() * 1000 for r in runs)
+
+    engine = Engine(ctx, registry, on_run_started=started, on_claimed=claimed)
     await engine.start()
     await asyncio.wait_for(kind.all_done.wait(), 60)
     await engine.stop(5)
@@ -161,7 +168,8 @@ async def lateness(n: int, url: str, root: Path) -> dict[str, float]:
     started_ms = [(at - due).total_seconds() * 1000 for at in kind.started]
     return {"jobs": n, "p50_ms": pct(late_ms, 0.50), "p99_ms": pct(late_ms, 0.99),
             "max_ms": max(late_ms), "mean_ms": statistics.fmean(late_ms),
-            "started_p50_ms": pct(started_ms, 0.50), "started_p99_ms": pct(started_ms, 0.99)}
+            "started_p50_ms": pct(started_ms, 0.50), "started_p99_ms": pct(started_ms, 0.99),
+            "claimed_p50_ms": pct(claimed_ms, 0.50), "claimed_p99_ms": pct(claimed_ms, 0.99)}
 
 
 def naive_baseline(n: int, url: str) -> dict[str, float]:
@@ -197,17 +205,18 @@ def run_once(args: argparse.Namespace, n_schedules: int, n_jobs: int) -> bool:
           f"load average {load_before} -> {loadavg()}")
     print(f"  start-up, {start['schedules']:.0f} schedules: {start['start_s']:.2f} s "
           f"(config load {start['load_s']:.2f} s), RSS {start['rss_mb']:.0f} MB "
-          f"(+{start['rss_delta_mb']:.0f} MB)   target < 2 s")
+          f"(+{start['rss_delta_mb']:.0f} MB)   target < 1 s")
     print(f"    then catch-up claim of every schedule committed in {start['catch_up_s']:.2f} s "
           "(in the background)")
     print(f"  due -> job started, {late['jobs']:.0f} jobs due in one second: "
           f"p50 {late['p50_ms']:.0f} ms, "
           f"p99 {late['p99_ms']:.0f} ms, max {late['max_ms']:.0f} ms   target p99 < 250 ms")
-    print(f"    due -> the job's own first line: p50 {late['started_p50_ms']:.0f} ms, "
-          f"p99 {late['started_p99_ms']:.0f} ms")
+    print(f"    due -> claim committed: p50 {late['claimed_p50_ms']:.0f} ms, "
+          f"p99 {late['claimed_p99_ms']:.0f} ms; due -> the job's own first line: "
+          f"p50 {late['started_p50_ms']:.0f} ms, p99 {late['started_p99_ms']:.0f} ms")
     print(f"  naive baseline (INSERT+COMMIT per job): p50 {naive['p50_ms']:.0f} ms, "
           f"p99 {naive['p99_ms']:.0f} ms")
-    ok = start["start_s"] < 2.0 and late["p99_ms"] < 250.0
+    ok = start["start_s"] < 1.0 and late["p99_ms"] < 250.0
     print("  targets: " + ("met" if ok else "MISSED"), flush=True)
     return ok
 

@@ -23,3 +23,22 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def freeze_heap() -> None:
+    """Move every object alive now out of the cyclic GC's reach (``gc.freeze``).
+
+    Called once start-up (or a reload) has built the long-lived heap: modules, config
+    models, schedule specs. Otherwise the first full collection after it walks all of that,
+    ~80 ms with the GIL held, and it came in the middle of starting 1,000 runs due at once
+    (due -> started p99 ~110 ms -> ~190 ms). Reference counting still frees frozen objects;
+    only a cycle among them would outlive its use, and these trees hold none (see above).
+    ``thaw_heap`` (at engine stop) hands them back, so a process that starts many engines
+    (the tests) does not keep every cycle alive at each start.
+    """
+    gc.freeze()
+
+
+def thaw_heap() -> None:
+    """Undo ``freeze_heap``: frozen objects are collectable again (``gc.unfreeze``)."""
+    gc.unfreeze()

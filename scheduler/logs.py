@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
 from scheduler.delivery.tokens import looks_like_token
@@ -216,15 +217,22 @@ def redact_also(values: Iterable[str]) -> None:
         _REDACTOR.add(values)
 
 
+def _field(obj: Any, name: str) -> Any:
+    """``getattr(obj, name, None)``; a pydantic model's fields are read from its ``__dict__``:
+    its ``__getattr__`` raises, slowly, for each field a kind lacks (~50 ms for 10k)."""
+    if isinstance(obj, BaseModel):
+        return obj.__dict__.get(name)
+    return getattr(obj, name, None)
+
+
 def config_secret_values(config: Any) -> list[str]:
     """Webhook URLs are credentials (Slack's carry their token in the path); audience
     database URLs may carry a password."""
     values: list[str] = []
     targets = list(getattr(config.checks, "alerts", []))
     for campaign in config.campaigns.values():
-        targets += list(getattr(campaign, "notify", []) or [])
-        audience = getattr(campaign, "audience", None)
-        database = getattr(audience, "database", None)
+        targets += list(_field(campaign, "notify") or [])
+        database = _field(_field(campaign, "audience"), "database")
         if database:
             try:
                 password = make_url(database).password

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -197,3 +197,34 @@ def test_a_dead_nodes_run_too_late_to_run_is_given_up_by_its_adopter(
     [row] = run_rows(db)
     assert (row.status, row.node, row.lease_gen) == ("missed", "node-a", 1)
     assert kind.executed == [] and claimed.run_id == row.id
+
+
+async def test_outcomes_finishing_together_share_one_commit_each_under_its_own_fence(
+        db: SaEngine, db_url: str, tmp_path: Path, contexts: list[ServiceContext],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Group commit (engine/outcomes.py) keeps fencing per row: the stale incarnation's
+    outcome is refused, the current one's is written, in the same transaction."""
+    engine, _ = node(contexts, db_url, tmp_path, "node-a")
+    [claimed] = engine.claim_due(engine.specs.values())
+    with engine.ctx.begin() as conn:
+        stale = run_store.get(conn, claimed.run_id)
+        assert stale is not None
+        current = run_store.take_over(conn, stale, "node-a")
+    assert current is not None and current.lease_gen == stale.lease_gen + 1
+    groups: list[int] = []
+    real = engine.executor.finish_all
+
+    def counted(outcomes: Sequence[tuple[RunRow, RunResult]]) -> list[bool]:
+        groups.append(len(outcomes))
+        return real(outcomes)
+
+    engine.executor.finish_all = counted  # type: ignore[method-assign]
+    outcomes = engine.executor.outcomes
+    with caplog.at_level(logging.WARNING, logger="martech.engine"):
+        answers = await asyncio.gather(outcomes.record(stale, RunResult("failed", "stale")),
+                                       outcomes.record(current, RunResult("done", "current")))
+    assert list(answers) == [False, True] and groups == [2]
+    [row] = run_rows(db)
+    assert (row.status, row.detail, row.lease_gen) == ("done", "current", current.lease_gen)
+    assert [r.run_id for r in caplog.records  # type: ignore[attr-defined]
+            if getattr(r, "action", None) == "fenced"] == [claimed.run_id]

@@ -11,7 +11,7 @@ import asyncio
 import io
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -241,21 +241,22 @@ async def test_error_recording_the_outcome_is_retried_without_rerunning_the_job(
     kind = RecorderKind()
     engine = engine_for(contexts, db_url, tmp_path, FakeClock(T0), [FakeCampaign("c", DAILY)],
                         kind)
-    real = engine.executor.finish
+    real = engine.executor.finish_all
     calls = {"n": 0}
 
-    def flaky(run: RunRow, result: RunResult) -> bool:
+    def flaky(outcomes: Sequence[tuple[RunRow, RunResult]]) -> list[bool]:
         calls["n"] += 1
-        if calls["n"] == 1:
+        if calls["n"] <= 2:  # the group write, then the one-by-one write of its outcome
             raise outage()
-        return real(run, result)
+        return real(outcomes)
 
-    engine.executor.finish = flaky  # type: ignore[method-assign]
+    engine.executor.finish_all = flaky  # type: ignore[method-assign]
     [claimed] = engine.claim_due(engine.specs.values())
     result = await engine.execute(claimed.run_id)
     assert result is not None and result.status == "done"
     assert len(kind.executed) == 1
     assert [r.status for r in run_rows(db)] == ["done"]
+    assert calls["n"] == 3
 
 
 # -- 3. interrupted runs resume only within grace / max delay ----------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from scheduler.config.yaml_build import PlainBuilder, QuickResolve, Unusual
 from scheduler.errors import Problem
 from scheduler.gcpause import gc_paused
 
@@ -47,6 +48,7 @@ YamlLoader.add_implicit_resolver(
     list("tTfF"),
 )
 
+
 class _DuplicateFlag:
     """Notices equal sibling keys while constructing, so the happy path keeps no node tree.
 
@@ -75,13 +77,31 @@ _FastBase: Any = getattr(yaml, "CSafeLoader", None)
 FastYamlLoader: Any = None
 _CheckedFastLoader: Any = None
 if _FastBase is not None:
-    FastYamlLoader = type("FastYamlLoader", (_FastBase,), {
+    FastYamlLoader = type("FastYamlLoader", (QuickResolve, _FastBase), {
         "yaml_implicit_resolvers": YamlLoader.yaml_implicit_resolvers})
     _CheckedFastLoader = type("_CheckedFastLoader", (_DuplicateFlag, FastYamlLoader), {})
 
 
 def _parse(text: str) -> tuple[Any, bool]:
     """The data of ``text`` and whether any mapping repeats a key. No node tree is kept."""
+    loader = (FastYamlLoader or YamlLoader)(text)
+    try:
+        with gc_paused():
+            node = loader.get_single_node()
+            if node is None:
+                return None, False
+            builder = PlainBuilder(loader)
+            try:
+                return builder.build(node), builder.duplicate_keys
+            except (Unusual, yaml.YAMLError):
+                pass  # PyYAML's constructor builds it, or reports the error its own way
+    finally:
+        loader.dispose()
+    return _parse_checked(text)
+
+
+def _parse_checked(text: str) -> tuple[Any, bool]:
+    """``_parse`` through PyYAML's own constructor: merges, tags, recursive aliases."""
     loader = (_CheckedFastLoader or _CheckedLoader)(text)
     try:
         with gc_paused():

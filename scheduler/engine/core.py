@@ -16,13 +16,13 @@ from datetime import datetime
 
 from scheduler.config.loader import LoadedConfig
 from scheduler.context import ServiceContext
-from scheduler.engine.claims import ClaimedRun, ClaimLoop
+from scheduler.engine.claims import Claimed, ClaimedRun, ClaimLoop
 from scheduler.engine.execute import Executor, RunStarted
 from scheduler.engine.holds import HeldRuns
 from scheduler.engine.planning import next_fire_times
 from scheduler.engine.recovery import Recovery
 from scheduler.engine.wake import Waker
-from scheduler.gcpause import gc_paused
+from scheduler.gcpause import freeze_heap, gc_paused, thaw_heap
 from scheduler.kinds import Registry, RunResult, ScheduleSpec
 from scheduler.store import heartbeats
 from scheduler.store import runs as run_store
@@ -39,13 +39,14 @@ LOOP_STOP_TIMEOUT_S = 5.0
 
 class Engine:
     def __init__(self, ctx: ServiceContext, registry: Registry, *,
-                 on_run_started: RunStarted | None = None) -> None:
+                 on_run_started: RunStarted | None = None,
+                 on_claimed: Claimed | None = None) -> None:
         self.ctx = ctx
         self.registry = registry
         self.specs: dict[str, ScheduleSpec] = {}
         abandoned: collections.deque[tuple[RunRow, str]] = collections.deque()
         self.waker = Waker(ctx.clock, self._on_wake)
-        self.claims = ClaimLoop(ctx, self._specs, self._spawn_claimed)
+        self.claims = ClaimLoop(ctx, self._specs, self._spawn_claimed, on_claimed)
         self.executor = Executor(ctx, registry, self._specs, on_run_started)
         self.holds = HeldRuns(ctx, self._specs, abandoned)
         self.recovery = Recovery(ctx, registry, self._specs, abandoned)
@@ -66,6 +67,7 @@ class Engine:
         with gc_paused():  # thousands of specs and schedules: no cycles to look for
             self.specs = self.registry.specs(self.ctx.config)
             self.waker.sync(self.specs)
+        freeze_heap()  # long-lived from here: later collections need not walk it
         # Beat before claiming anything: a node that dies right after its first claim has
         # left a heartbeat to go stale, so the others can tell it is dead and adopt its runs.
         await self.ctx.in_thread(self.heartbeat)
@@ -107,6 +109,7 @@ class Engine:
                 await asyncio.wait(still, timeout=1.0)
         await asyncio.gather(*self.loops, return_exceptions=True)
         self.claims.close()
+        thaw_heap()
 
     def reload(self, config: LoadedConfig | None = None) -> None:
         """Swap schedules to match ``config`` (default ``ctx.config``); cursors are untouched.
@@ -119,6 +122,7 @@ class Engine:
             self.ctx.config = config
         self.specs = specs
         self.waker.sync(self.specs)
+        freeze_heap()
         # Catch-up is cursor-based, so re-adding jobs never drops an occurrence (#696).
         self.claims.request(self.specs)
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
 from scheduler.context import ServiceContext
+from scheduler.engine.outcomes import OutcomeWriter
 from scheduler.kinds import Registry, RunResult, ScheduleSpec
 from scheduler.store import pauses
 from scheduler.store import runs as run_store
@@ -77,6 +78,8 @@ class Executor:
         self.on_started = on_started
         # Outcomes whose recording failed, with the run as it was executed (its fence).
         self._unrecorded: dict[int, tuple[RunRow, RunResult]] = {}
+        # Read afresh on each write, so a test can wrap finish_all.
+        self.outcomes = OutcomeWriter(ctx, lambda outcomes: self.finish_all(outcomes))
 
     async def execute(self, run_id: int, *, started: RunRow | None = None
                       ) -> RunResult | None:
@@ -145,7 +148,8 @@ class Executor:
     async def _record(self, run: RunRow, result: RunResult, extra: dict[str, Any]) -> None:
         # Kept until recorded, so a retry records the outcome instead of re-running the job.
         self._unrecorded[run.id] = (run, result)
-        recorded = await self.ctx.in_thread(self.finish, run, result)
+        # "interrupted": nothing to write, it stays running, resumed on the next start
+        recorded = result.status == "interrupted" or await self.outcomes.record(run, result)
         del self._unrecorded[run.id]
         if recorded:
             log.info("run %s", result.status, extra={**extra, "action": "run_end",
@@ -193,22 +197,34 @@ class Executor:
             return None
 
     def finish(self, run: RunRow, result: RunResult) -> bool:
-        """Record ``result`` under the fence ``run`` was executed with; False when refused.
-
-        Refused when another node adopted the run meanwhile (this node was stopped or cut
-        off past its lease): the adopter's outcome stands, and this late write is logged.
-        """
+        """Record ``result`` under the fence ``run`` was executed with; False when refused."""
         if result.status == "interrupted":
-            return True  # nothing to write: it stays running, resumed on the next start
+            return True
+        return self.finish_all([(run, result)])[0]
+
+    def finish_all(self, outcomes: Sequence[tuple[RunRow, RunResult]]) -> list[bool]:
+        """Record each outcome under the fence its run was executed with, in one transaction.
+
+        An outcome is refused (False) when another node adopted its run meanwhile (this node
+        was stopped or cut off past its lease): the adopter's outcome stands, and this late
+        write is logged.
+        """
+        answers: list[bool] = []
+        refused: list[tuple[RunRow, RunResult, RunRow | None]] = []
         with self.ctx.begin() as conn:
-            if run_store.set_status(conn, run.id, result.status, self.ctx.clock.now(),
-                                    detail=result.detail, stats=result.stats or None,
-                                    fence=run.fence):
-                return True
-            current = run_store.get(conn, run.id)
-        log.warning("late run-status write refused: the run was taken over (now node %s, "
-                    "lease %s; this node held lease %s)",
-                    current.node if current else None, current.lease_gen if current else None,
-                    run.lease_gen, extra={"job": run.campaign, "run_id": run.id,
-                                          "action": "fenced", "status": result.status})
-        return False
+            now = self.ctx.clock.now()
+            for run, result in outcomes:
+                ok = result.status == "interrupted" or run_store.set_status(
+                    conn, run.id, result.status, now, detail=result.detail,
+                    stats=result.stats or None, fence=run.fence)
+                if not ok:
+                    refused.append((run, result, run_store.get(conn, run.id)))
+                answers.append(ok)
+        for run, result, current in refused:
+            log.warning("late run-status write refused: the run was taken over (now node %s, "
+                        "lease %s; this node held lease %s)",
+                        current.node if current else None,
+                        current.lease_gen if current else None, run.lease_gen,
+                        extra={"job": run.campaign, "run_id": run.id, "action": "fenced",
+                               "status": result.status})
+        return answers
