@@ -125,6 +125,7 @@ def write_campaign(root: Path, recipients: int, *, connections: int, batch: int,
         # The headline figure is issue 3's path; click/open tracking (a signed redirect per
         # link, a pixel) is measured separately, as extra per-recipient work.
         "track": {"clicks": track, "opens": track},
+        "check_links": False,  # benchmarks talk to loopback only; the links are not ours
     }
     (root / "config" / "campaigns" / "digest.yaml").write_text(yaml.safe_dump(campaign))
 
