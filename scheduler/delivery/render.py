@@ -143,15 +143,15 @@ class UtmTagger:
         cached = self._cache.get(url)
         if cached is not None:
             return cached
-        out = url
-        if self.params and not (self.skip and url.startswith(self.skip)):
-            parts = urlsplit(url)
-            query = parse_qsl(parts.query, keep_blank_values=True)
-            have = {k for k, _v in query}
-            query += [(k, v) for k, v in self.params.items() if k not in have]
-            out = urlunsplit(parts._replace(query=urlencode(query)))
-        if len(self._cache) > 50_000:  # bounded: per-recipient links would grow it forever
-            self._cache.clear()
+        if not self.params or (self.skip and url.startswith(self.skip)):
+            return url  # not cached: our own per-recipient links (unsubscribe) are all skipped
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        have = {k for k, _v in query}
+        query += [(k, v) for k, v in self.params.items() if k not in have]
+        out = urlunsplit(parts._replace(query=urlencode(query)))
+        if len(self._cache) >= 4_096:  # bounded: a template's links are few; per-recipient ones
+            self._cache.clear()        # would grow it with the audience
         self._cache[url] = out
         return out
 
