@@ -6,6 +6,7 @@ The only module allowed to import both ``scheduler`` and every package of ``jobs
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from jobs.guard import kind as guard
@@ -25,6 +26,8 @@ def build_registry() -> Registry:
     for module in KIND_MODULES:
         module.register(registry)
     registry.cli.append(trust_cli.register)  # keygen, forget, export-person
+    # `martech run` spawns MARTECH_WORKERS - 1 of these (scheduler/workers.py).
+    registry.worker_argv = [sys.executable, "-m", "martech", "worker"]
     return registry
 
 

@@ -42,6 +42,7 @@ from scheduler.status import (
 from scheduler.store import heartbeats, pauses
 from scheduler.store import runs as run_store
 from scheduler.store.db import current_revision, make_engine, upgrade
+from scheduler.workers import read_payload, run_worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -140,7 +141,7 @@ def make_cli(registry: Registry) -> click.Group:
         """martech: marketing automation with IT health guards."""
         ctx.obj = State({"config_dir": config_dir, "database_url": database_url}, registry)
 
-    for command in (run, validate, schema, settings_cmd, status, run_job, pause, resume,
+    for command in (run, worker, validate, schema, settings_cmd, status, run_job, pause, resume,
                     health, db):
         main.add_command(command)
     for registrar in registry.cli:
@@ -157,6 +158,18 @@ def run(state: State) -> None:
     config = state.config()
     service = Service(state.settings, state.registry, console=console)
     sys.exit(asyncio.run(service.run(config)))
+
+
+@click.command(hidden=True)
+@click.pass_obj
+@friendly_errors
+def worker(state: State) -> None:
+    """Internal: a worker process of `martech run`; its settings arrive on stdin."""
+    settings, parent_pid = read_payload(sys.stdin.buffer.read())
+    state._settings = settings
+    setup_logging(settings)
+    render_budget.configure(settings.render_budget_ms)
+    sys.exit(asyncio.run(run_worker(settings, state.registry, state.config(), parent_pid)))
 
 
 @click.command()

@@ -114,6 +114,11 @@ class Registry:
 
     kinds: dict[str, JobKind] = field(default_factory=dict)
     components: dict[str, ServiceComponent] = field(default_factory=dict)
+    # Components a worker process also runs (scheduler/workers.py): safe to run many times
+    # on one node, needing no engine, HTTP app or guard.
+    worker_components: dict[str, ServiceComponent] = field(default_factory=dict)
+    # The command that starts a worker process (the composition root's); empty: no workers.
+    worker_argv: list[str] = field(default_factory=list)
     cli: list[CliRegistrar] = field(default_factory=list)
     http_routes: list[HttpRoutes] = field(default_factory=list)
     list_files: list[ListFile] = field(default_factory=list)

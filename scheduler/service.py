@@ -24,6 +24,7 @@ from scheduler.settings import Settings
 from scheduler.signals import run_listener
 from scheduler.status import checks_table, schedule_table
 from scheduler.store.db import make_engine, upgrade
+from scheduler.workers import WorkerPool
 
 log = logging.getLogger("martech.service")
 
@@ -76,17 +77,29 @@ class Service:
         components = [asyncio.create_task(self._supervise(name, comp), name=name)
                       for name, comp in self.components().items()]
         watcher = asyncio.create_task(self._watch_config(), name="config-watch")
+        pool = self._start_workers()
         await self._stop.wait()
         log.info("stopping: finishing or checkpointing in-flight work",
                  extra={"action": "stop"})
         watcher.cancel()
-        await engine.stop(self.settings.shutdown_timeout_s)
+        timeout_s = self.settings.shutdown_timeout_s
+        await asyncio.gather(engine.stop(timeout_s),
+                             *([pool.stop(timeout_s)] if pool is not None else []))
         for task in components:
             task.cancel()
         await asyncio.gather(watcher, *components, return_exceptions=True)
         db.dispose()
         log.info("stopped", extra={"action": "stopped"})
         return 0
+
+    def _start_workers(self) -> WorkerPool | None:
+        """MARTECH_WORKERS - 1 worker processes, when the build can start them."""
+        count = self.settings.resolved_workers - 1
+        if count < 1 or not self.registry.worker_argv:
+            return None
+        pool = WorkerPool(self.settings, self.registry.worker_argv, count)
+        pool.start()
+        return pool
 
     def components(self) -> dict[str, ServiceComponent]:
         """The mechanisms every service runs (the outbox that carries reminders and IT's

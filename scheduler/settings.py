@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     reload_poll_s: float = Field(default=2.0, gt=0)
     shutdown_timeout_s: float = Field(default=8.0, gt=0)
     heartbeat_interval_s: float = Field(default=15.0, gt=0)
+    workers: int | None = Field(
+        default=None, ge=1,
+        description="processes sending on this node: the service plus workers - 1 send "
+                    "helpers (unset: the number of cores on PostgreSQL, 1 on SQLite)",
+    )
     delivery_lease_s: float = Field(
         default=30.0, ge=1.0,
         description="a claimed batch of deliveries whose sender stops renewing it for this "
@@ -172,6 +177,17 @@ class Settings(BaseSettings):
         if isinstance(value, SecretStr):
             return cls._split_list(value.get_secret_value())
         return value
+
+    @property
+    def resolved_workers(self) -> int:
+        """MARTECH_WORKERS, else the cores on PostgreSQL and 1 on SQLite: an SQLite file has
+        one write lock, and every claim, mark and outcome is a write, so more processes would
+        queue for it (and add lock waits) rather than send more."""
+        if self.workers is not None:
+            return self.workers
+        if self.database_url.startswith("postgresql"):
+            return os.cpu_count() or 1
+        return 1
 
     @property
     def resolved_outbox_dir(self) -> Path:

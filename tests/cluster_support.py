@@ -29,6 +29,9 @@ from tests.newsletter_fixtures import write_config
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "cluster-test-secret"
+# Processes per node (MARTECH_WORKERS), fixed so the default (the cores, on PostgreSQL) does not
+# vary with the machine; MARTECH_TEST_WORKERS=2 runs every cluster test with worker processes.
+WORKERS = int(os.environ.get("MARTECH_TEST_WORKERS", "1"))
 
 
 def free_port() -> int:
@@ -76,6 +79,7 @@ class Node:
             "MARTECH_NODE_NAME": name, "MARTECH_SECRET_KEY": SECRET,
             "MARTECH_HTTP_PORT": str(self.http_port), "MARTECH_DELIVERY_LEASE_S": "3",
             "MARTECH_LOG_FORMAT": "json", "PYTHONPATH": str(REPO),
+            "MARTECH_WORKERS": str(WORKERS),
             **{f"MARTECH_{k.upper()}": v for k, v in settings.items()},
         })
         self.proc: subprocess.Popen[bytes] | None = None
@@ -174,12 +178,17 @@ class Db:
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = :n "
                 "AND xact_start IS NOT NULL"), {"n": node}).scalar())
 
-    def shares(self) -> Counter[str]:
-        """Recipients sent per node (the claimer of each sent row)."""
+    def shares(self, *, by_node: bool = False) -> Counter[str]:
+        """Recipients sent per process (the claimer of each sent row); ``by_node``: a node's
+        worker processes (``<node>/w<i>``) counted with it."""
         with self.engine.connect() as conn:
-            return Counter(dict(conn.execute(
+            rows = conn.execute(
                 sa.select(deliveries.c.claimed_by, sa.func.count())
-                .where(deliveries.c.status == "sent").group_by(deliveries.c.claimed_by)).all()))
+                .where(deliveries.c.status == "sent").group_by(deliveries.c.claimed_by)).all()
+        out: Counter[str] = Counter()
+        for claimer, count in rows:
+            out[claimer.split("/w")[0] if by_node else claimer] += count
+        return out
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float, nodes: list[Node],

@@ -84,6 +84,7 @@ def register(registry: Registry) -> None:
     registry.warnings.append(newsletter_warnings)
     registry.components["newsletter-relay-probe"] = relay_probe
     registry.components["newsletter-send-helper"] = send_helper
+    registry.worker_components["newsletter-send-helper"] = send_helper
     registry.components["newsletter-inbound-smtp"] = inbound.inbound_smtp
     registry.components["newsletter-imap-poller"] = inbound.imap_mailbox
     registry.http_routes += [http_unsubscribe.add_routes, http_tracking.add_routes]
