@@ -81,6 +81,8 @@ class Cluster:
             "MARTECH_RELOAD_POLL_S": "0.5",
             "MARTECH_HEARTBEAT_INTERVAL_S": str(heartbeat_interval_s),
             "MARTECH_SHUTDOWN_TIMEOUT_S": "3",
+            # tests.cluster_node registers a test kind a `martech worker` would not know
+            "MARTECH_WORKERS": "1",
         }
         self.nodes: list[Node] = []
 

@@ -308,10 +308,13 @@ class Guard:
         with self.ctx.begin() as conn:
             reconcile(conn, env, now)
             sync_maintenance(conn, env, now)
+            # Leases before verdicts, as in apply_batch: two nodes taking the two kinds of
+            # row lock in opposite orders deadlocked on PostgreSQL.
+            held = (check_store.hold_leases(conn, self.entries, self.ctx.node, self.lease_s)
+                    if lease_pass else None)
             send_reminders(conn, env, now)
-            if not lease_pass:
+            if held is None:
                 return None
-            held = check_store.hold_leases(conn, self.entries, self.ctx.node, self.lease_s)
             fresh = [n for n, gen in held.items() if self.leases.get(n) != gen]
             return held, check_store.states(conn, fresh)
 
