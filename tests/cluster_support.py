@@ -149,7 +149,10 @@ class Db:
     """Read-only looks at the shared database while the nodes work."""
 
     def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
+        # SQLite: a plain engine, whose reads take no write lock (make_engine begins every
+        # transaction IMMEDIATE), so a look is never blocked behind a stopped node's write.
+        self.engine = (sa.create_engine(url, connect_args={"timeout": 30})
+                       if url.startswith("sqlite") else make_engine(url))
 
     def close(self) -> None:
         self.engine.dispose()
