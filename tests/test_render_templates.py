@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.delivery.render import CampaignTemplates, UtmTagger, html_to_text
+from scheduler.delivery.render import CampaignTemplates, html_to_text
+from scheduler.delivery.utm import UtmTagger
 from scheduler.errors import TemplateError
 
 STYLED = """<html><head><style>p { color: red; } a { color: blue; }</style></head>

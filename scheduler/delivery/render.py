@@ -10,14 +10,12 @@ if the HTML parser moved a Jinja tag.
 
 from __future__ import annotations
 
-import html as html_lib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import css_inline
 import jinja2
@@ -36,12 +34,11 @@ from scheduler.delivery.budget import (
     template_line,
 )
 from scheduler.delivery.fastrender import SplitTemplate, split_template
+from scheduler.delivery.utm import UtmTagger
 from scheduler.errors import TemplateError
 
 _JINJA_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 _PLACEHOLDER = re.compile(r"MTJX(\d{5})X")
-_HREF = re.compile(r"""(href\s*=\s*)(["'])(https?://[^"']*)\2""", re.IGNORECASE)
-_TEXT_URL = re.compile(r"https?://[^\s<>\"')\]]+")
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=False)
 
 
@@ -129,47 +126,6 @@ def html_to_text(html: str) -> str:
     lines = [line.strip() for line in "".join(parser.out).splitlines()]
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
     return text + "\n"
-
-
-class UtmTagger:
-    """Adds utm_* parameters to http(s) links; existing parameters win. Cached per URL."""
-
-    def __init__(self, params: Mapping[str, str], skip_prefixes: tuple[str, ...] = ()) -> None:
-        self.params = {k: v for k, v in params.items() if v}
-        self.skip = tuple(p for p in skip_prefixes if p)
-        self._cache: dict[str, str] = {}
-
-    def url(self, url: str) -> str:
-        cached = self._cache.get(url)
-        if cached is not None:
-            return cached
-        if not self.params or (self.skip and url.startswith(self.skip)):
-            return url  # not cached: our own per-recipient links (unsubscribe) are all skipped
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        have = {k for k, _v in query}
-        query += [(k, v) for k, v in self.params.items() if k not in have]
-        out = urlunsplit(parts._replace(query=urlencode(query)))
-        if len(self._cache) >= 4_096:  # bounded: a template's links are few; per-recipient ones
-            self._cache.clear()        # would grow it with the audience
-        self._cache[url] = out
-        return out
-
-    def html(self, html: str) -> str:
-        if not self.params:
-            return html
-
-        def repl(match: re.Match[str]) -> str:
-            raw = html_lib.unescape(match.group(3))
-            tagged = html_lib.escape(self.url(raw), quote=True)
-            return f"{match.group(1)}{match.group(2)}{tagged}{match.group(2)}"
-
-        return _HREF.sub(repl, html)
-
-    def text(self, text: str) -> str:
-        if not self.params:
-            return text
-        return _TEXT_URL.sub(lambda m: self.url(m.group(0)), text)
 
 
 def make_environment(templates_dir: Path | Sequence[Path] | None, *,
