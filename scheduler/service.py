@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
@@ -24,7 +23,7 @@ from scheduler.settings import Settings
 from scheduler.signals import run_listener
 from scheduler.status import checks_table, schedule_table
 from scheduler.store.db import make_engine, upgrade
-from scheduler.workers import WorkerPool
+from scheduler.workers import WorkerPool, supervise
 
 log = logging.getLogger("martech.service")
 
@@ -74,7 +73,7 @@ class Service:
             self.console.print(checks_table(conn, config))
         log.info("martech running", extra={"action": "start", "node": ctx.node,
                                            "schedules": len(engine.specs)})
-        components = [asyncio.create_task(self._supervise(name, comp), name=name)
+        components = [asyncio.create_task(supervise(ctx, name, comp), name=name)
                       for name, comp in self.components().items()]
         watcher = asyncio.create_task(self._watch_config(), name="config-watch")
         pool = self._start_workers()
@@ -114,22 +113,6 @@ class Service:
 
         return {"outbox": run_outbox, "http": http, "signals": signals,
                 **self.registry.components}
-
-    async def _supervise(self, name: str, component: Any) -> None:
-        """Keep a background component (guard, outbox) alive across its own failures."""
-        assert self.ctx is not None
-        backoff_s = 1.0
-        while not self.ctx.stopping.is_set():
-            try:
-                await component(self.ctx)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("component %s crashed; restarting in %.0fs", name, backoff_s,
-                              extra={"action": "component_crash", "component": name})
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 60.0)
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

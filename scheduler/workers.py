@@ -152,7 +152,7 @@ async def run_worker(settings: Settings, registry: Registry, config: LoadedConfi
         "signals": lambda c: run_listener(c.db.url, c.signals, c.stopping),
         "worker-heartbeat": _heartbeat,
         **registry.worker_components}
-    tasks = [asyncio.create_task(_supervise(ctx, name, comp), name=name)
+    tasks = [asyncio.create_task(supervise(ctx, name, comp), name=name)
              for name, comp in components.items()]
     watcher = asyncio.create_task(_watch(ctx, registry, parent_pid), name="worker-watch")
     await ctx.stopping.wait()
@@ -182,7 +182,9 @@ async def _heartbeat(ctx: ServiceContext) -> None:
             await asyncio.wait_for(ctx.stopping.wait(), ctx.settings.heartbeat_interval_s)
 
 
-async def _supervise(ctx: ServiceContext, name: str, component: ServiceComponent) -> None:
+async def supervise(ctx: ServiceContext, name: str, component: ServiceComponent) -> None:
+    """Keep a background component alive across its own failures (the service's and a
+    worker's), backing off up to a minute; a stop ends the back-off at once."""
     backoff_s = 1.0
     while not ctx.stopping.is_set():
         try:
